@@ -1,0 +1,67 @@
+"""dlmprompt: prompt and constrain diffusion language models.
+
+Anchors anywhere, named slots with exact constraints, one sampler for every masked DLM.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .compiler import Layout, Program, Schedule, SlotLayout, compile
+from .errors import (
+    BackendError,
+    CompileError,
+    DLMPromptError,
+    GrammarError,
+    SpecError,
+    TokenizerError,
+)
+from .spec import Choice, FreeText, Guidance, Length, Prompt, Regex, Sampling, Slot, Text, slot
+from .tokenizer import Tokenizer
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .sampler import Capture, Result, Step, generate, sample
+
+_LAZY = {"sample", "generate", "Step", "Result", "Capture"}
+
+
+def __getattr__(name: str) -> Any:
+    # the sampler imports torch; keep `import dlmprompt` (spec + compile) torch-free
+    if name in _LAZY:
+        from . import sampler
+
+        return getattr(sampler, name)
+    raise AttributeError(f"module 'dlmprompt' has no attribute {name!r}")
+
+
+__all__ = [
+    "BackendError",
+    "Capture",
+    "Choice",
+    "CompileError",
+    "DLMPromptError",
+    "FreeText",
+    "GrammarError",
+    "Guidance",
+    "Layout",
+    "Length",
+    "Program",
+    "Prompt",
+    "Regex",
+    "Result",
+    "Sampling",
+    "Schedule",
+    "Slot",
+    "SlotLayout",
+    "SpecError",
+    "Step",
+    "Text",
+    "Tokenizer",
+    "TokenizerError",
+    "compile",
+    "generate",
+    "sample",
+    "slot",
+]

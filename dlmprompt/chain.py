@@ -1,0 +1,164 @@
+"""Forward-backward over one slot's chain of automaton steps (numpy, log space).
+
+A slot of n positions, some committed and some masked, is a chain of n automaton steps. Given the
+log class masses ``logP[k, c]`` of its masked positions (the model's per-position probability
+summed over the tokens of each class), this module
+
+* computes backward messages ``beta[j, s]`` = log of the total weight of valid completions of
+  positions j.. from state s;
+* samples (or, at temperature 0, maximises step by step) one complete valid class assignment
+  forward, each class drawn from ``P_j(c) * beta_{j+1}(next(s_j, c))``: exact sampling of the
+  per-step distribution restricted to the constraint;
+* computes, where asked, the constrained class weights ``w_j(c)`` with the forward messages, so
+  that the constrained marginal of token v at position j is ``p_j(v) * w_j(class(v))``.
+
+Everything committed together is part of one valid full assignment, so the slot always stays
+completable. Work is O(n * C * Q) on small tables; no loop over the vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .automaton import TokenAutomaton
+from .errors import DLMPromptError
+
+NEG = -np.inf
+# log mass given to a class the model put (numerically) zero probability on: the constraint may
+# still need it, so it must stay possible, just far less likely than anything the model allows
+FLOOR = -1.0e4
+
+
+@dataclass
+class ChainResult:
+    classes: np.ndarray  # int64 [m]: sampled class of each masked position
+    logw: np.ndarray | None  # float64 [m, C]: constrained class weights (rows not asked: nan)
+
+
+def _lse0(a: np.ndarray) -> np.ndarray:
+    """logsumexp over axis 0, -inf where every entry is -inf."""
+    mx = a.max(axis=0)
+    safe = np.where(np.isfinite(mx), mx, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(a - safe).sum(axis=0)) + safe
+
+
+def _lse1(a: np.ndarray) -> np.ndarray:
+    mx = a.max(axis=1)
+    safe = np.where(np.isfinite(mx), mx, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(a - safe[:, None]).sum(axis=1)) + safe
+
+
+def backward(auto: TokenAutomaton, committed: np.ndarray, logP: np.ndarray) -> np.ndarray:
+    """``beta[j, s]`` for j in 0..n (shape [n+1, Q+1]; column Q is the dead state, -inf)."""
+    n = len(committed)
+    q = auto.n_states
+    ns = auto.next_state
+    safe = np.where(ns >= 0, ns, q)
+    beta = np.full((n + 1, q + 1), NEG)
+    beta[n, :q] = np.where(auto.accept, 0.0, NEG)
+    k = int((committed < 0).sum())
+    for j in range(n - 1, -1, -1):
+        nb = beta[j + 1]
+        c = committed[j]
+        if c >= 0:
+            beta[j, :q] = nb[safe[c]]
+        else:
+            k -= 1
+            beta[j, :q] = _lse0(logP[k][:, None] + nb[safe])
+    return beta
+
+
+def forward(auto: TokenAutomaton, committed: np.ndarray, logP: np.ndarray) -> np.ndarray:
+    """``alpha[j, s]`` for j in 0..n: log weight of reaching s after positions < j."""
+    n = len(committed)
+    q = auto.n_states
+    ns = auto.next_state
+    valid = ns >= 0
+    alpha = np.full((n + 1, q), NEG)
+    alpha[0, auto.start] = 0.0
+    k = 0
+    for j in range(n):
+        a = alpha[j]
+        c = committed[j]
+        if c >= 0:
+            row = ns[c]
+            ok = (row >= 0) & np.isfinite(a)
+            if ok.any():
+                x = a[ok]
+                m = x.max()
+                sums = np.bincount(row[ok], np.exp(x - m), minlength=q)
+                with np.errstate(divide="ignore"):
+                    alpha[j + 1] = np.log(sums) + m
+            continue
+        x = logP[k][:, None] + a[None, :]
+        k += 1
+        x = np.where(valid, x, NEG)
+        m = x.max()
+        if not np.isfinite(m):
+            continue
+        sums = np.bincount(ns[valid], np.exp(x[valid] - m), minlength=q)
+        with np.errstate(divide="ignore"):
+            alpha[j + 1] = np.log(sums) + m
+    return alpha
+
+
+def run_chain(
+    auto: TokenAutomaton,
+    committed: np.ndarray,
+    logP: np.ndarray,
+    *,
+    noise: np.ndarray | None,
+    want: np.ndarray | None,
+    logP_conf: np.ndarray | None = None,
+) -> ChainResult:
+    """One slot's constrained step.
+
+    ``committed[j]``: class of the committed token at slot position j, or -1 if masked.
+    ``logP``: [m, C] log class masses of the masked positions (sampling distribution), in order.
+    ``noise``: [m, C] Gumbel noise (None: take the best class at each step, temperature 0).
+    ``want``: bool [m], masked positions whose constrained class weights are needed.
+    ``logP_conf``: class masses of the distribution confidences come from (default ``logP``).
+    """
+    m = logP.shape[0]
+    q = auto.n_states
+    ns = auto.next_state
+    safe = np.where(ns >= 0, ns, q)
+    beta = backward(auto, committed, logP)
+    if not np.isfinite(beta[0, auto.start]):
+        raise DLMPromptError(
+            f"internal error: slot with {auto.description} cannot be completed from its committed "
+            "tokens; please report this with the prompt"
+        )
+    classes = np.empty(m, dtype=np.int64)
+    s = auto.start
+    k = 0
+    for j in range(len(committed)):
+        c = committed[j]
+        if c < 0:
+            scores = logP[k] + beta[j + 1][safe[:, s]]
+            if noise is not None:
+                scores = scores + noise[k]
+            c = int(np.argmax(scores))
+            classes[k] = c
+            k += 1
+        s = int(ns[c, s])
+    logw = None
+    if want is not None and want.any():
+        conf = logP if logP_conf is None else logP_conf
+        beta_c = beta if logP_conf is None else backward(auto, committed, conf)
+        alpha = forward(auto, committed, conf)
+        z = beta_c[0, auto.start]
+        logw = np.full((m, auto.n_classes), np.nan)
+        k = 0
+        for j in range(len(committed)):
+            if committed[j] >= 0:
+                continue
+            if want[k]:
+                x = alpha[j][None, :] + beta_c[j + 1][safe]  # [C, Q]
+                logw[k] = _lse1(x) - z
+            k += 1
+    return ChainResult(classes, logw)

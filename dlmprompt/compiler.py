@@ -1,0 +1,315 @@
+"""compile(spec, tokenizer) -> Program: the canvas layout, per-slot automata and the schedule.
+
+No torch here (a test checks ``sys.modules``). Programs are cached by (spec, tokenizer, options).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .automaton import (
+    TokenAutomaton,
+    choice_automaton,
+    free_text_automaton,
+    regex_automaton,
+    unconstrained_automaton,
+)
+from .errors import CompileError, SpecError
+from .spec import Choice, FreeText, Prompt, Regex, Sampling, Slot, Text
+from .tokenizer import Tokenizer, as_tokenizer
+
+
+@dataclass(frozen=True, eq=False)
+class SlotLayout:
+    """Where a slot sits on the canvas and what it must satisfy."""
+
+    name: str
+    index: int
+    start: int
+    length: int
+    mode: str  # "exact" | "at_most"
+    automaton: TokenAutomaton
+    constraint: Any  # the spec constraint it came from
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.length
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """The canvas: token ids (mask at slot positions), per-position slot index (-1: anchor), and
+    which anchor positions the unconditional pass of classifier-free guidance masks."""
+
+    canvas: np.ndarray  # int64 [L]
+    slot_of: np.ndarray  # int32 [L]
+    prompt: np.ndarray  # bool [L]
+    slots: tuple[SlotLayout, ...]
+
+    def __len__(self) -> int:
+        return int(self.canvas.shape[0])
+
+    @property
+    def anchor_positions(self) -> np.ndarray:
+        return np.nonzero(self.slot_of < 0)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """Which positions may be committed when.
+
+    ``blocks``: canvas ranges decoded one after another (semi-autoregressive), each with the
+    number of positions to commit at each of its steps (empty in threshold mode).
+    """
+
+    blocks: tuple[tuple[int, int], ...]
+    counts: tuple[tuple[int, ...], ...]
+    threshold: float | None
+    strategy: str
+    temperature: float
+    cfg_scale: float
+
+    @property
+    def steps(self) -> int | None:
+        return None if self.threshold is not None else sum(len(c) for c in self.counts)
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A compiled prompt, ready for any denoiser that shares its tokenizer."""
+
+    spec: Prompt
+    layout: Layout
+    schedule: Schedule
+    tokenizer: Tokenizer
+    mask_id: int
+    pad_id: int | None
+
+    @property
+    def slots(self) -> tuple[SlotLayout, ...]:
+        return self.layout.slots
+
+    def slot(self, name: str) -> SlotLayout:
+        for s in self.layout.slots:
+            if s.name == name:
+                return s
+        raise KeyError(f"no slot {name!r}; slots are {[s.name for s in self.layout.slots]}")
+
+
+_OPTIONS = {"add_bos", "constraints"} | set(Sampling.model_fields) | {"cfg_scale"}
+_PROGRAMS: OrderedDict[tuple[str, str, str], Program] = OrderedDict()
+_CACHE_SIZE = 128
+
+
+def compile(spec: Prompt | dict[str, Any] | str, tokenizer: Any, **options: Any) -> Program:
+    """Compile a prompt spec for a tokenizer.
+
+    Options: ``add_bos`` (default: when the tokenizer has a BOS), ``constraints`` (default True;
+    False replaces every slot constraint by "any tokens", for baselines), and any
+    :class:`~dlmprompt.spec.Sampling` field or ``cfg_scale`` to override the spec's settings.
+    """
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise CompileError(f"unknown compile option(s) {unknown}; options are {sorted(_OPTIONS)}")
+    prompt = _as_prompt(spec)
+    tok = as_tokenizer(tokenizer)
+    key = (prompt.model_dump_json(), tok.identity, json.dumps(options, sort_keys=True, default=str))
+    hit = _PROGRAMS.get(key)
+    if hit is not None:
+        _PROGRAMS.move_to_end(key)
+        return hit
+    program = _compile(prompt, tok, options)
+    _PROGRAMS[key] = program
+    while len(_PROGRAMS) > _CACHE_SIZE:
+        _PROGRAMS.popitem(last=False)
+    return program
+
+
+def _as_prompt(spec: Prompt | dict[str, Any] | str) -> Prompt:
+    if isinstance(spec, Prompt):
+        return spec
+    if isinstance(spec, str):
+        return Prompt.from_json(spec)
+    if isinstance(spec, dict):
+        return Prompt(**spec)
+    raise SpecError(f"expected a Prompt, a dict or a JSON string; got {type(spec).__name__}")
+
+
+def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program:
+    if not prompt.slots:
+        raise CompileError("the prompt has no slot; add one with slot('name', ...)")
+    mask_id = tok.require_mask()
+    sampling_over = {k: v for k, v in options.items() if k in Sampling.model_fields}
+    try:
+        sampling = prompt.sampling.model_validate({**prompt.sampling.model_dump(), **sampling_over})
+    except ValueError as exc:
+        raise CompileError(f"bad sampling option: {exc}") from None
+    cfg_scale = float(options.get("cfg_scale", prompt.guidance.cfg_scale))
+    if cfg_scale < 0:
+        raise CompileError(f"cfg_scale must be >= 0; got {cfg_scale}")
+    constrained = bool(options.get("constraints", True))
+    add_bos = options.get("add_bos")
+    if add_bos is None:
+        add_bos = tok.bos_id is not None
+    if add_bos and tok.bos_id is None:
+        raise CompileError(f"add_bos=True but {tok.name} has no BOS token")
+
+    ids: list[int] = []
+    slot_of: list[int] = []
+    prompt_flags: list[bool] = []
+    slots: list[SlotLayout] = []
+    if add_bos:
+        ids.append(int(tok.bos_id))  # type: ignore[arg-type]
+        slot_of.append(-1)
+        prompt_flags.append(False)
+
+    # merge adjacent anchors with the same guidance role so they tokenize as one text
+    parts: list[Text | Slot] = []
+    seen_slot = False
+    for part in prompt.parts:
+        if isinstance(part, Text):
+            role = part.prompt if part.prompt is not None else not seen_slot
+            if not part.text:
+                continue
+            if parts and isinstance(parts[-1], Text) and parts[-1].prompt == role:
+                parts[-1] = Text(text=parts[-1].text + part.text, prompt=role)
+            else:
+                parts.append(Text(text=part.text, prompt=role))
+        else:
+            seen_slot = True
+            parts.append(part)
+
+    for part in parts:
+        if isinstance(part, Text):
+            toks = tok.encode(part.text)
+            ids.extend(toks)
+            slot_of.extend([-1] * len(toks))
+            prompt_flags.extend([bool(part.prompt)] * len(toks))
+            continue
+        auto = _automaton(part, tok, constrained)
+        n = part.length.tokens
+        if part.length.mode == "at_most":
+            if tok.pad_id is None:
+                raise CompileError(
+                    f"max_tokens= needs a pad token and {tok.name} has neither pad nor EOS; "
+                    "use tokens= (exact length) or pass pad_id= when wrapping the tokenizer",
+                    slot=part.name,
+                )
+            auto = auto.with_pad(tok.pad_id)
+        _check_length(part, auto, n)
+        slots.append(
+            SlotLayout(
+                name=part.name,
+                index=len(slots),
+                start=len(ids),
+                length=n,
+                mode=part.length.mode,
+                automaton=auto,
+                constraint=part.constraint,
+            )
+        )
+        ids.extend([mask_id] * n)
+        slot_of.extend([len(slots) - 1] * n)
+        prompt_flags.extend([False] * n)
+
+    layout = Layout(
+        canvas=np.asarray(ids, dtype=np.int64),
+        slot_of=np.asarray(slot_of, dtype=np.int32),
+        prompt=np.asarray(prompt_flags, dtype=bool),
+        slots=tuple(slots),
+    )
+    schedule = _schedule(layout, sampling, cfg_scale)
+    return Program(prompt, layout, schedule, tok, mask_id, tok.pad_id)
+
+
+def _automaton(part: Slot, tok: Tokenizer, constrained: bool) -> TokenAutomaton:
+    c = part.constraint
+    if not constrained:
+        return unconstrained_automaton(tok)
+    if isinstance(c, Regex):
+        return regex_automaton(c.pattern, tok, slot=part.name)
+    if isinstance(c, Choice):
+        return choice_automaton(c.options, tok, slot=part.name)
+    if isinstance(c, FreeText):
+        return free_text_automaton(tok)
+    raise CompileError(f"unsupported constraint {type(c).__name__}", slot=part.name)  # pragma: no cover
+
+
+def _check_length(part: Slot, auto: TokenAutomaton, n: int) -> None:
+    ok = auto.feasible_lengths(n)
+    if ok[n]:
+        return
+    what = _describe(part)
+    if not ok.any():
+        longer = auto.feasible_lengths(min(max(4 * n, 64), 4096))
+        found = np.nonzero(longer)[0]
+        if len(found) == 0:
+            raise CompileError(
+                f"{what} has no value of at most {len(longer) - 1} tokens with this tokenizer; "
+                "check that the pattern matches some string",
+                slot=part.name,
+            )
+        need = int(found[0])
+        fix = f"tokens={need}" if part.length.mode == "exact" else f"max_tokens={need}"
+        raise CompileError(
+            f"needs at least {need} tokens for {what}, the layout gives {n}; use {fix} or more",
+            slot=part.name,
+        )
+    fits = [int(k) for k in np.nonzero(ok)[0]]
+    raise CompileError(
+        f"{what} has no value of exactly {n} tokens; lengths that work up to {n}: "
+        f"{fits[:12]}{' ...' if len(fits) > 12 else ''}; use tokens= one of them or max_tokens={n}",
+        slot=part.name,
+    )
+
+
+def _describe(part: Slot) -> str:
+    c = part.constraint
+    if isinstance(c, Regex):
+        return f"its pattern {c.pattern!r}"
+    if isinstance(c, Choice):
+        return f"its choice {list(c.options)!r}"
+    return "its text"
+
+
+def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float) -> Schedule:
+    positions = np.nonzero(layout.slot_of >= 0)[0]
+    first, last = int(positions[0]), int(positions[-1]) + 1
+    if sampling.block_length is None:
+        blocks = [(first, last)]
+    else:
+        b = sampling.block_length
+        blocks = [(s, min(s + b, last)) for s in range(first, last, b)]
+    sizes = [int(((layout.slot_of[a:z]) >= 0).sum()) for a, z in blocks]
+    blocks = [blk for blk, m in zip(blocks, sizes) if m > 0]
+    sizes = [m for m in sizes if m > 0]
+    counts: list[tuple[int, ...]] = []
+    if sampling.threshold is None:
+        nb = len(blocks)
+        for j, m in enumerate(sizes):
+            if sampling.tokens_per_step is not None:
+                k = sampling.tokens_per_step
+                counts.append(tuple([k] * (m // k) + ([m % k] if m % k else [])))
+                continue
+            if sampling.steps is not None:
+                s = sampling.steps // nb + (1 if j < sampling.steps % nb else 0)
+                s = max(1, min(s, m))
+            else:
+                s = m
+            base, extra = divmod(m, s)
+            counts.append(tuple(base + (1 if i < extra else 0) for i in range(s)))
+    else:
+        counts = [() for _ in blocks]
+    return Schedule(
+        blocks=tuple(blocks),
+        counts=tuple(counts),
+        threshold=sampling.threshold,
+        strategy=sampling.strategy,
+        temperature=sampling.temperature,
+        cfg_scale=cfg_scale,
+    )

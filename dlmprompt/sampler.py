@@ -1,0 +1,451 @@
+"""The denoising loop: one loop for every masked-diffusion denoiser, constrained exactly.
+
+``sample()`` yields one :class:`Step` per denoising step and row; ``generate()`` drains it into
+:class:`Result` objects. Several programs of different layouts share each forward pass; each
+row draws its randomness from its own generator, so a batch gives the same results as the same
+programs run one by one with the same generator.
+
+Per step and row: the model's distribution at every masked slot position is summed into token
+classes of the slot's automaton; a forward-backward pass over the slot (``chain.py``) samples one
+complete valid assignment and gives constrained marginals; the schedule commits the most
+confident candidates of the current block. Anchors are never candidates, never counted in a
+budget, and never masked except prompt anchors in the unconditional pass of classifier-free
+guidance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .automaton import TokenAutomaton
+from .chain import FLOOR, run_chain
+from .compiler import Program, SlotLayout, compile
+from .denoiser import describe
+from .errors import BackendError
+from .spec import Prompt
+from .strategies import make_remasking
+
+_CHUNK = 128  # rows of [chunk, V] temporaries at a time
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One denoising step of one row: the canvas after it, what it committed and how sure it was."""
+
+    row: int
+    index: int
+    canvas: np.ndarray
+    committed: np.ndarray  # canvas positions committed in this step
+    tokens: np.ndarray  # their token ids
+    confidences: np.ndarray  # constrained marginal probability of each committed token
+    forward_passes: int  # forward passes so far for this row
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What a slot holds: its text, its value tokens (pad tail removed) and its canvas span."""
+
+    name: str
+    text: str
+    tokens: tuple[int, ...]
+    span: tuple[int, int]
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """The filled canvas of one program with per-slot captures and statistics."""
+
+    text: str
+    captures: dict[str, Capture]
+    canvas: np.ndarray
+    steps: int
+    forward_passes: int
+    program: Program = field(repr=False)
+
+    def __getitem__(self, name: str) -> str:
+        try:
+            return self.captures[name].text
+        except KeyError:
+            raise KeyError(f"no slot {name!r}; slots are {list(self.captures)}") from None
+
+    @property
+    def values(self) -> dict[str, str]:
+        return {k: c.text for k, c in self.captures.items()}
+
+
+class _Classes:
+    """Per-automaton tensors on one device, built once."""
+
+    def __init__(self, auto: TokenAutomaton, device: torch.device) -> None:
+        c = auto.n_classes
+        tc = torch.from_numpy(auto.token_class.astype(np.int64))
+        self.index = torch.where(tc >= 0, tc, torch.full_like(tc, c)).to(device)  # dump column c
+        self.token_class = tc.to(device)
+        self.disallowed = torch.from_numpy(np.nonzero(auto.token_class < 0)[0]).to(device)
+
+
+_CLASS_CACHE: dict[tuple[int, str], _Classes] = {}
+
+
+def _classes(auto: TokenAutomaton, device: torch.device) -> _Classes:
+    key = (id(auto), str(device))
+    hit = _CLASS_CACHE.get(key)
+    if hit is None:
+        if len(_CLASS_CACHE) > 512:
+            _CLASS_CACHE.clear()
+        hit = _CLASS_CACHE[key] = _Classes(auto, device)
+    return hit
+
+
+def _clean(lg: torch.Tensor) -> torch.Tensor:
+    """Finite float32 logits: a model's -inf / nan must not break argmax within a class."""
+    return torch.nan_to_num(lg.float(), nan=-1e30, posinf=1e30, neginf=-1e30)
+
+
+def _gumbel(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=g, dtype=torch.float64)
+    return -torch.log(-torch.log(u.clamp_(min=1e-300)))
+
+
+class _Row:
+    def __init__(self, row: int, program: Program, generator: torch.Generator) -> None:
+        self.row = row
+        self.program = program
+        self.gen = generator
+        self.canvas = program.layout.canvas.copy()
+        self.block = 0
+        self.step_in_block = 0
+        self.steps = 0
+        self.passes = 0
+        self.sched = program.schedule
+        self.strategy = make_remasking(self.sched.strategy)
+        self.slot_of = program.layout.slot_of
+
+    @property
+    def done(self) -> bool:
+        return self.block >= len(self.sched.blocks)
+
+    def masked(self) -> np.ndarray:
+        return (self.slot_of >= 0) & (self.canvas == self.program.mask_id)
+
+    def uncond_canvas(self) -> np.ndarray:
+        c = self.canvas.copy()
+        c[self.program.layout.prompt] = self.program.mask_id
+        return c
+
+    # ------------------------------------------------------------------ one step
+    def step(self, logits: torch.Tensor) -> Step:
+        prog = self.program
+        v = prog.tokenizer.vocab_size
+        temp = self.sched.temperature
+        a, z = self.sched.blocks[self.block]
+        masked = self.masked()
+        in_block = np.zeros_like(masked)
+        in_block[a:z] = True
+        cand_pos: list[np.ndarray] = []
+        cand_tok: list[torch.Tensor] = []
+        cand_conf: list[torch.Tensor] = []
+        cand_logq: list[torch.Tensor] = []
+        need_q = self.strategy.needs_marginals
+        for slot in prog.layout.slots:
+            pos = np.nonzero(masked[slot.start : slot.stop])[0] + slot.start
+            if len(pos) == 0:
+                continue
+            want = in_block[pos]
+            if not want.any():
+                continue
+            out = self._slot_step(slot, pos, want, logits, v, temp, need_q)
+            cand_pos.append(pos[want])
+            cand_tok.append(out[0])
+            cand_conf.append(out[1])
+            if need_q:
+                cand_logq.append(out[2])
+        positions = np.concatenate(cand_pos)
+        tokens = torch.cat(cand_tok)
+        conf = torch.cat(cand_conf)
+        logq_all = torch.cat(cand_logq) if need_q else None
+        score = self.strategy.score(conf, logq_all, len(positions), self.gen)
+        if self.sched.threshold is not None:
+            pick = torch.nonzero(conf >= self.sched.threshold).flatten()
+            if len(pick) == 0:
+                pick = torch.argmax(score).reshape(1)
+        else:
+            counts = self.sched.counts[self.block]
+            k = counts[self.step_in_block] if self.step_in_block < len(counts) else len(positions)
+            k = min(k, len(positions))
+            # stable order: ties go to the leftmost position
+            order = torch.sort(score.double().cpu(), descending=True, stable=True).indices
+            pick = order[:k]
+        pick_np = pick.cpu().numpy()
+        chosen = positions[pick_np]
+        chosen_tok = tokens.cpu().numpy()[pick_np]
+        self.canvas[chosen] = chosen_tok
+        self.steps += 1
+        self.step_in_block += 1
+        if not self.masked()[a:z].any():
+            self.block += 1
+            self.step_in_block = 0
+        return Step(
+            row=self.row,
+            index=self.steps - 1,
+            canvas=self.canvas.copy(),
+            committed=chosen,
+            tokens=chosen_tok,
+            confidences=conf.cpu().numpy()[pick_np],
+            forward_passes=self.passes,
+        )
+
+    def _slot_step(
+        self,
+        slot: SlotLayout,
+        pos: np.ndarray,
+        want: np.ndarray,
+        logits: torch.Tensor,
+        v: int,
+        temp: float,
+        need_q: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        auto = slot.automaton
+        dev = logits.device
+        cls = _classes(auto, dev)
+        c = auto.n_classes
+        two = temp > 0 and temp != 1.0  # separate sampling and confidence distributions
+        pos_t = torch.from_numpy(pos).to(dev)
+        # pass 1: log-normalisers and class masses of every masked position of the slot
+        lse = torch.empty(len(pos), dtype=torch.float32, device=dev)
+        lse_s = torch.empty(len(pos), dtype=torch.float32, device=dev) if two else lse
+        mass = torch.empty(len(pos), c, dtype=torch.float64, device=dev)
+        mass_s = torch.empty(len(pos), c, dtype=torch.float64, device=dev) if two else mass
+        for i in range(0, len(pos), _CHUNK):
+            lg = _clean(logits[pos_t[i : i + _CHUNK], :v])
+            lse[i : i + _CHUNK] = torch.logsumexp(lg, dim=1)
+            mass[i : i + _CHUNK] = self._class_mass(lg, lse[i : i + _CHUNK], cls, auto)
+            if two:
+                lgs = lg / temp
+                lse_s[i : i + _CHUNK] = torch.logsumexp(lgs, dim=1)
+                mass_s[i : i + _CHUNK] = self._class_mass(lgs, lse_s[i : i + _CHUNK], cls, auto)
+        with np.errstate(divide="ignore"):
+            log_mass = np.log(mass.cpu().numpy())
+            log_mass_s = np.log(mass_s.cpu().numpy()) if two else log_mass
+        log_mass = np.maximum(log_mass, FLOOR)
+        log_mass_s = np.maximum(log_mass_s, FLOOR)
+        if auto.trivial:
+            classes = np.zeros(len(pos), dtype=np.int64)
+            logw = -log_mass
+        else:
+            seg = self.canvas[slot.start : slot.stop]
+            committed = np.where(seg == self.program.mask_id, -1, auto.token_class[seg]).astype(np.int64)
+            noise = _gumbel((len(pos), c), self.gen).numpy() if temp > 0 else None
+            res = run_chain(
+                auto,
+                committed,
+                log_mass_s,
+                noise=noise,
+                want=want,
+                logP_conf=log_mass if two else None,
+            )
+            classes = res.classes
+            logw = res.logw  # type: ignore[assignment]
+        # pass 2: tokens, confidences (and full marginals if the strategy needs them) of candidates
+        wi = np.nonzero(want)[0]
+        toks, confs, logqs = [], [], []
+        for i in range(0, len(wi), _CHUNK):
+            rows = wi[i : i + _CHUNK]
+            rows_t = torch.from_numpy(rows).to(dev)
+            lg = _clean(logits[pos_t[rows_t], :v])
+            pert = (lg / temp if temp > 0 else lg).double()
+            if temp > 0:
+                pert = pert + _gumbel(tuple(pert.shape), self.gen).to(dev)
+            ccls = torch.from_numpy(classes[rows]).to(dev)
+            allowed = cls.token_class.unsqueeze(0) == ccls.unsqueeze(1)
+            tok = torch.where(allowed, pert, torch.tensor(-torch.inf, dtype=pert.dtype, device=dev)).argmax(1)
+            lw = torch.from_numpy(logw[rows]).to(dev)  # [k, C]
+            logp_tok = lg.gather(1, tok.unsqueeze(1)).squeeze(1) - lse[rows_t]
+            conf = (logp_tok.double() + lw.gather(1, ccls.unsqueeze(1)).squeeze(1)).exp().clamp(max=1.0)
+            toks.append(tok)
+            confs.append(conf)
+            if need_q:
+                lw_full = torch.cat([lw, torch.full((len(rows), 1), -torch.inf, dtype=lw.dtype, device=dev)], 1)
+                logq = (lg - lse[rows_t].unsqueeze(1)).double() + lw_full.gather(
+                    1, cls.index.unsqueeze(0).expand(len(rows), -1)
+                )
+                logqs.append(logq)
+        return (
+            torch.cat(toks),
+            torch.cat(confs),
+            torch.cat(logqs) if need_q else None,
+        )
+
+    @staticmethod
+    def _class_mass(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
+        p = torch.exp(lg - lse.unsqueeze(1))
+        if auto.trivial:
+            out = 1.0 - p[:, cls.disallowed].double().sum(dim=1, keepdim=True)
+            return out.clamp(min=0.0)
+        acc = torch.zeros(lg.shape[0], auto.n_classes + 1, dtype=torch.float32, device=lg.device)
+        acc.index_add_(1, cls.index, p)
+        return acc[:, : auto.n_classes].double()
+
+    def result(self) -> Result:
+        prog = self.program
+        tok = prog.tokenizer
+        captures: dict[str, Capture] = {}
+        pieces: list[bytes] = []
+        cursor = 0
+        for slot in prog.layout.slots:
+            pieces.append(tok.decode_bytes(self.canvas[cursor : slot.start].tolist()))
+            seg = self.canvas[slot.start : slot.stop].tolist()
+            if slot.mode == "at_most" and prog.pad_id in seg:
+                seg = seg[: seg.index(prog.pad_id)]
+            data = tok.decode_bytes(seg)
+            pieces.append(data)
+            captures[slot.name] = Capture(
+                name=slot.name,
+                text=data.decode("utf-8", errors="replace"),
+                tokens=tuple(seg),
+                span=(slot.start, slot.stop),
+            )
+            cursor = slot.stop
+        pieces.append(tok.decode_bytes(self.canvas[cursor:].tolist()))
+        return Result(
+            text=b"".join(pieces).decode("utf-8", errors="replace"),
+            captures=captures,
+            canvas=self.canvas.copy(),
+            steps=self.steps,
+            forward_passes=self.passes,
+            program=prog,
+        )
+
+
+def _as_programs(denoiser: Any, programs: Any) -> tuple[list[Program], bool]:
+    single = isinstance(programs, (Program, Prompt, dict, str))
+    items = [programs] if single else list(programs)
+    if not items:
+        raise ValueError("no program to run")
+    out: list[Program] = []
+    for p in items:
+        if isinstance(p, Program):
+            out.append(p)
+        else:
+            tok = getattr(denoiser, "tokenizer", None)
+            if tok is None:
+                raise BackendError(
+                    f"{describe(denoiser)} has no tokenizer to compile a prompt with; "
+                    "compile(prompt, tokenizer) first and pass the Program"
+                )
+            out.append(compile(p, tok))
+    for p in out:
+        mid = getattr(denoiser, "mask_id", None)
+        if mid is not None and mid != p.mask_id:
+            raise BackendError(
+                f"the program was compiled with mask id {p.mask_id} but {describe(denoiser)} uses "
+                f"{mid}; compile with the model's own tokenizer"
+            )
+    return out, single
+
+
+def _generators(generator: Any, n: int) -> list[torch.Generator]:
+    if generator is None:
+        base = torch.Generator()
+        base.seed()
+        generator = base
+    if isinstance(generator, torch.Generator):
+        seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
+        return [torch.Generator().manual_seed(int(s)) for s in seeds]
+    gens = list(generator)
+    if len(gens) != n or not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError(f"generator= takes one torch.Generator or a list of {n} (one per program)")
+    return gens
+
+
+def sample(
+    denoiser: Any,
+    programs: Program | Prompt | Sequence[Program | Prompt],
+    *,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> Iterator[Step]:
+    """Denoise one program or several in shared forward passes, yielding a :class:`Step` per row
+    and denoising step.
+
+    With one ``torch.Generator`` for several programs, each row gets its own generator seeded from
+    it in order, exactly as if the programs ran one after another with that generator.
+    """
+    progs, _ = _as_programs(denoiser, programs)
+    gens = _generators(generator, len(progs))
+    rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
+    yield from _loop(denoiser, rows)
+
+
+def _loop(denoiser: Any, rows: list[_Row]) -> Iterator[Step]:
+    while True:
+        active = [r for r in rows if not r.done]
+        if not active:
+            return
+        seqs: list[np.ndarray] = []
+        owners: list[tuple[_Row, bool]] = []
+        for r in active:
+            seqs.append(r.canvas)
+            owners.append((r, False))
+            r.passes += 1
+            if r.sched.cfg_scale > 0:
+                seqs.append(r.uncond_canvas())
+                owners.append((r, True))
+                r.passes += 1
+        width = max(len(s) for s in seqs)
+        pad = rows[0].program.pad_id if rows[0].program.pad_id is not None else 0
+        ids = np.full((len(seqs), width), pad, dtype=np.int64)
+        att = np.zeros((len(seqs), width), dtype=bool)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = s
+            att[i, : len(s)] = True
+        device = getattr(denoiser, "device", None)
+        ids_t = torch.from_numpy(ids)
+        att_t = torch.from_numpy(att)
+        if device is not None:
+            ids_t = ids_t.to(device)
+            att_t = att_t.to(device)
+        with torch.no_grad():
+            logits = denoiser(ids_t, att_t)
+        v = rows[0].program.tokenizer.vocab_size
+        if logits.ndim != 3 or logits.shape[0] != len(seqs) or logits.shape[1] < width:
+            raise BackendError(
+                f"{describe(denoiser)} returned logits of shape {tuple(logits.shape)}; expected "
+                f"({len(seqs)}, {width}, >= {v})"
+            )
+        if logits.shape[2] < v:
+            raise BackendError(
+                f"{describe(denoiser)} scores {logits.shape[2]} tokens but the tokenizer has {v}; "
+                "use the model's own tokenizer"
+            )
+        by_row: dict[int, list[torch.Tensor]] = {}
+        for i, (r, _uncond) in enumerate(owners):
+            by_row.setdefault(r.row, []).append(logits[i, : len(r.canvas)])
+        for r in active:
+            parts = by_row[r.row]
+            lg = parts[0]
+            if len(parts) == 2:
+                s = r.sched.cfg_scale
+                un = parts[1].float()
+                lg = un + (s + 1.0) * (lg.float() - un)
+            yield r.step(lg)
+
+
+def generate(
+    denoiser: Any,
+    programs: Program | Prompt | Sequence[Program | Prompt],
+    *,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> Any:
+    """Run :func:`sample` to the end. Returns a :class:`Result`, or a list for several programs."""
+    progs, single = _as_programs(denoiser, programs)
+    gens = _generators(generator, len(progs))
+    rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
+    for _ in _loop(denoiser, rows):
+        pass
+    results = [r.result() for r in rows]
+    return results[0] if single else results

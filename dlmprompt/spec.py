@@ -1,0 +1,335 @@
+"""The declarative prompt spec: anchors (fixed text) and named slots, in any order.
+
+Everything here is a pydantic model with ``extra="forbid"`` and round-trips through JSON, so the
+same spec runs in-process and (later) on a remote server. Build one with the helpers::
+
+    from dlmprompt import Prompt, slot
+
+    prompt = (
+        Prompt("Name: ") + slot("name", max_tokens=8)
+        + "\\nAge: " + slot("age", regex=r"[0-9]+", max_tokens=3) + "\\n"
+    )
+
+or with :meth:`Prompt.format`::
+
+    prompt = Prompt.format("Name: {name}\\nAge: {age}\\n",
+                           name=slot(max_tokens=8), age=slot(regex=r"[0-9]+", max_tokens=3))
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import string
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- constraints
+
+
+class FreeText(_Model):
+    """Any text the model writes (special tokens excluded)."""
+
+    type: Literal["text"] = "text"
+
+
+class Regex(_Model):
+    """The slot's text must match ``pattern`` in full (no lookaround, no back-references)."""
+
+    type: Literal["regex"] = "regex"
+    pattern: str
+
+
+class Choice(_Model):
+    """The slot's text must be exactly one of ``options``."""
+
+    type: Literal["choice"] = "choice"
+    options: tuple[str, ...]
+
+
+Constraint = Annotated[Union[FreeText, Regex, Choice], Field(discriminator="type")]
+
+
+class Length(_Model):
+    """How many canvas positions a slot takes.
+
+    ``exact``: the value is exactly ``tokens`` tokens long. ``at_most``: the value is at most
+    ``tokens`` tokens long and the rest of the slot is filled with the pad token.
+    """
+
+    mode: Literal["exact", "at_most"] = "at_most"
+    tokens: int = Field(gt=0, le=65536)
+
+
+# --------------------------------------------------------------------------- parts
+
+
+class Text(_Model):
+    """An anchor: fixed text the model sees and never changes.
+
+    ``prompt`` marks the anchor as part of the prompt for classifier-free guidance (the
+    unconditional pass masks prompt anchors). ``None`` means: anchors before the first slot are
+    prompt, anchors after it are template text and stay visible in both passes.
+    """
+
+    kind: Literal["text"] = "text"
+    text: str
+    prompt: bool | None = None
+
+
+class Slot(_Model):
+    """A named span the model fills, with a constraint and a length policy."""
+
+    kind: Literal["slot"] = "slot"
+    name: str
+    constraint: Constraint = Field(default_factory=FreeText)
+    length: Length
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _NAME.match(name) or keyword.iskeyword(name):
+            raise ValueError(
+                f"slot name {name!r} is not a Python identifier; use letters, digits and '_' "
+                "and do not start with a digit"
+            )
+        return name
+
+
+Part = Annotated[Union[Text, Slot], Field(discriminator="kind")]
+
+Strategy = Literal["low_confidence", "margin", "entropy", "random"]
+
+
+class Guidance(_Model):
+    """Guidance terms. ``cfg_scale`` > 0 turns on classifier-free guidance:
+    ``logits = uncond + (cfg_scale + 1) * (cond - uncond)``, the unconditional pass seeing the
+    prompt anchors masked."""
+
+    cfg_scale: float = Field(default=0.0, ge=0.0)
+
+
+class Sampling(_Model):
+    """How the canvas is denoised.
+
+    * ``steps``: denoising steps in all (split evenly over blocks); ``None`` = one position per step.
+    * ``tokens_per_step``: alternatively, a fixed number of positions per step.
+    * ``threshold``: commit every candidate whose confidence is at least this (at least one per
+      step); overrides ``steps`` / ``tokens_per_step``.
+    * ``block_length``: semi-autoregressive blocks of this many canvas positions; ``None`` = the
+      whole canvas at once.
+    * ``strategy``: which candidates to commit first.
+    * ``temperature``: 0 is greedy; confidences always come from the model's own distribution
+      restricted to the constraint.
+    """
+
+    steps: int | None = Field(default=None, gt=0)
+    tokens_per_step: int | None = Field(default=None, gt=0)
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    block_length: int | None = Field(default=None, gt=0)
+    strategy: Strategy = "low_confidence"
+    temperature: float = Field(default=0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> Sampling:
+        if self.steps is not None and self.tokens_per_step is not None:
+            raise ValueError("give either steps or tokens_per_step, not both")
+        return self
+
+
+class Prompt(_Model):
+    """A declarative prompt: anchors and slots in order, plus guidance and sampling settings."""
+
+    parts: tuple[Part, ...] = ()
+    guidance: Guidance = Field(default_factory=Guidance)
+    sampling: Sampling = Field(default_factory=Sampling)
+
+    def __init__(self, *parts: Any, **data: Any) -> None:
+        if parts:
+            if "parts" in data:
+                raise SpecError("give parts either positionally or as parts=, not both")
+            data["parts"] = _coerce_parts(parts)
+        elif "parts" in data and not isinstance(data["parts"], (tuple, list)):
+            data["parts"] = _coerce_parts([data["parts"]])
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise SpecError(_explain(exc)) from None
+
+    @model_validator(mode="after")
+    def _check_parts(self) -> Prompt:
+        seen: set[str] = set()
+        for part in self.parts:
+            if isinstance(part, Slot):
+                if part.name in seen:
+                    raise ValueError(f"slot name {part.name!r} is used twice; slot names must be unique")
+                seen.add(part.name)
+        return self
+
+    # ---- building
+    def __add__(self, other: Any) -> Prompt:
+        return self.model_copy_with(parts=self.parts + tuple(_coerce_parts([other])))
+
+    def __radd__(self, other: Any) -> Prompt:
+        return self.model_copy_with(parts=tuple(_coerce_parts([other])) + self.parts)
+
+    def model_copy_with(self, **changes: Any) -> Prompt:
+        """A validated copy with some fields replaced (``model_copy`` skips validation)."""
+        data = {"parts": self.parts, "guidance": self.guidance, "sampling": self.sampling}
+        data.update(changes)
+        return Prompt(**data)
+
+    def with_sampling(self, **options: Any) -> Prompt:
+        """A copy whose sampling settings are updated, e.g. ``with_sampling(steps=16)``."""
+        return self.model_copy_with(sampling=_update(self.sampling, options, "sampling"))
+
+    def with_guidance(self, **options: Any) -> Prompt:
+        """A copy whose guidance terms are updated, e.g. ``with_guidance(cfg_scale=1.5)``."""
+        return self.model_copy_with(guidance=_update(self.guidance, options, "guidance"))
+
+    @classmethod
+    def format(cls, template: str, /, **slots: Slot | SlotArgs) -> Prompt:
+        """Build a prompt from a ``str.format``-style template whose fields name slots.
+
+        ``{{`` and ``}}`` give literal braces. Every field must be given and every given slot used.
+        """
+        parts: list[Any] = []
+        used: set[str] = set()
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise SpecError(f"template does not parse: {exc}") from None
+        for literal, field, spec, conversion in parsed:
+            if literal:
+                if parts and isinstance(parts[-1], Text):
+                    parts[-1] = Text(text=parts[-1].text + literal)
+                else:
+                    parts.append(Text(text=literal))
+            if field is None:
+                continue
+            if spec or conversion:
+                raise SpecError(f"template field {{{field}}} may not carry a format spec or conversion")
+            if field not in slots:
+                raise SpecError(
+                    f"template field {{{field}}} has no slot; pass {field}=slot(...) (given: {sorted(slots) or 'none'})"
+                )
+            value = slots[field]
+            parts.append(value.named(field) if isinstance(value, SlotArgs) else value)
+            used.add(field)
+        unused = sorted(set(slots) - used)
+        if unused:
+            raise SpecError(f"slots {unused} are not used by the template")
+        return cls(*parts)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Prompt:
+        """Parse a spec from JSON, raising :class:`SpecError` with a readable message."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise SpecError(_explain(exc)) from None
+
+    @property
+    def slots(self) -> tuple[Slot, ...]:
+        return tuple(p for p in self.parts if isinstance(p, Slot))
+
+
+class SlotArgs:
+    """An unnamed slot waiting for its name (from :meth:`Prompt.format`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    def named(self, name: str) -> Slot:
+        return slot(name, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"SlotArgs({self.kwargs!r})"
+
+
+def slot(
+    name: str | None = None,
+    *,
+    regex: str | None = None,
+    choice: Iterable[str] | None = None,
+    max_tokens: int | None = None,
+    tokens: int | None = None,
+) -> Any:
+    """Make a slot.
+
+    Give one constraint (``regex=`` or ``choice=``; neither means free text) and one length
+    (``max_tokens=n``: value then pad; ``tokens=n``: exactly n tokens). Without a name it returns
+    a :class:`SlotArgs` for :meth:`Prompt.format`.
+    """
+    kwargs = {"regex": regex, "choice": choice, "max_tokens": max_tokens, "tokens": tokens}
+    if name is None:
+        return SlotArgs(**kwargs)
+    if regex is not None and choice is not None:
+        raise SpecError(f"slot {name!r}: give regex= or choice=, not both")
+    if (max_tokens is None) == (tokens is None):
+        raise SpecError(f"slot {name!r}: give exactly one length, max_tokens=N (value then pad) or tokens=N (exact)")
+    constraint: FreeText | Regex | Choice
+    if regex is not None:
+        constraint = Regex(pattern=regex)
+    elif choice is not None:
+        if isinstance(choice, str):
+            raise SpecError(f"slot {name!r}: choice= takes a list of strings, not one string")
+        constraint = Choice(options=tuple(choice))
+    else:
+        constraint = FreeText()
+    try:
+        if max_tokens is not None:
+            length = Length(mode="at_most", tokens=max_tokens)
+        else:
+            length = Length(mode="exact", tokens=tokens)  # type: ignore[arg-type]
+        return Slot(name=name, constraint=constraint, length=length)
+    except ValidationError as exc:
+        raise SpecError(_explain(exc)) from None
+
+
+def _coerce_parts(items: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(Text(text=item))
+        elif isinstance(item, (Text, Slot)):
+            out.append(item)
+        elif isinstance(item, Prompt):
+            out.extend(item.parts)
+        elif isinstance(item, dict):
+            out.append(item)
+        elif isinstance(item, SlotArgs):
+            raise SpecError("a slot needs a name here: slot('name', ...)")
+        else:
+            raise SpecError(f"cannot add {type(item).__name__} to a prompt; use a str (anchor), slot(...) or a Prompt")
+    return out
+
+
+def _update(model: _Model, options: dict[str, Any], what: str) -> Any:
+    unknown = sorted(set(options) - set(type(model).model_fields))
+    if unknown:
+        raise SpecError(f"unknown {what} option(s) {unknown}; options are {sorted(type(model).model_fields)}")
+    try:
+        return type(model)(**{**model.model_dump(), **options})
+    except ValidationError as exc:
+        raise SpecError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "prompt"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "invalid prompt spec: " + "; ".join(lines)

@@ -1,0 +1,42 @@
+"""Shared checks for the property tests: every output satisfies every slot, anchors untouched."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from dlmprompt import Choice, FreeText, Program, Regex
+
+
+def check_result(program: Program, result) -> None:
+    layout = program.layout
+    canvas = result.canvas
+    anchors = layout.slot_of < 0
+    assert np.array_equal(canvas[anchors], layout.canvas[anchors]), "an anchor changed"
+    assert not (canvas == program.mask_id).any(), "a mask token is left on the canvas"
+    tok = program.tokenizer
+    for s in layout.slots:
+        seg = canvas[s.start : s.stop].tolist()
+        cap = result.captures[s.name]
+        if s.mode == "at_most":
+            n_value = len(cap.tokens)
+            assert all(t == program.pad_id for t in seg[n_value:]), f"{s.name}: pad tail broken {seg}"
+            assert program.pad_id not in seg[:n_value]
+        else:
+            assert len(cap.tokens) == s.length
+        value = list(cap.tokens)
+        for t in value:
+            assert tok.token_bytes[t] is not None, f"{s.name}: special token {t} in the value"
+        data = tok.decode_bytes(value)
+        text = data.decode("utf-8")  # strict: every value is valid UTF-8
+        c = s.constraint
+        if isinstance(c, Regex):
+            assert re.fullmatch(c.pattern, text) is not None, (
+                f"{s.name}: {text!r} !~ {c.pattern!r}"
+            )
+        elif isinstance(c, Choice):
+            assert text in c.options, f"{s.name}: {text!r} not in {c.options}"
+        else:
+            assert isinstance(c, FreeText)
+        assert cap.text == text
