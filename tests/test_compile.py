@@ -46,7 +46,9 @@ def test_anchor_text_is_merged_and_canonical(qwen_tok: Tokenizer) -> None:
 def test_schedules(byte_tok: Tokenizer) -> None:
     p = Prompt("q", slot("a", tokens=5), "mid", slot("b", tokens=5))
     s = compile(p, byte_tok, block_length=4, steps=6).schedule
-    assert all(sum(c) == int(((compile(p, byte_tok).layout.slot_of[a:z]) >= 0).sum()) for (a, z), c in zip(s.blocks, s.counts))
+    assert all(
+        sum(c) == int(((compile(p, byte_tok).layout.slot_of[a:z]) >= 0).sum()) for (a, z), c in zip(s.blocks, s.counts)
+    )
     assert sum(len(c) for c in s.counts) >= 4
     t = compile(p, byte_tok, tokens_per_step=3).schedule
     assert t.counts == ((3, 3, 3, 1),)
@@ -73,14 +75,24 @@ def test_compile_imports_no_torch() -> None:
 @pytest.mark.parametrize(
     ("prompt", "options", "match", "slot_name"),
     [
-        (Prompt("x", slot("age", regex="[0-9", tokens=2)), {}, "invalid regex: unterminated character set at position 0", "age"),
+        (
+            Prompt("x", slot("age", regex="[0-9", tokens=2)),
+            {},
+            "invalid regex: unterminated character set at position 0",
+            "age",
+        ),
         (Prompt("x", slot("age", regex="(?=1)[0-9]", tokens=2)), {}, "lookahead", "age"),
         (Prompt("x", slot("age", regex=r"(a)\1", tokens=2)), {}, "back-references", "age"),
         (Prompt("x", slot("age", regex=r"a\bb", tokens=2)), {}, "anchors", "age"),
         (Prompt("x", slot("c", choice=[], tokens=2)), {}, "empty", "c"),
         (Prompt("x", slot("age", regex="[0-9]{5}", max_tokens=2)), {}, "needs at least 3 tokens", "age"),
         (Prompt("x", slot("age", regex="[0-9]{5}", tokens=2)), {}, "use tokens=3 or more", "age"),
-        (Prompt("x", slot("w", choice=["abc"], tokens=4)), {}, r"no value of exactly 4 tokens; lengths that work up to 4: \[1, 2, 3\]", "w"),
+        (
+            Prompt("x", slot("w", choice=["abc"], tokens=4)),
+            {},
+            r"no value of exactly 4 tokens; lengths that work up to 4: \[1, 2, 3\]",
+            "w",
+        ),
         (Prompt("x", slot("e", regex="[^\\s\\S]", max_tokens=3)), {}, "matches no string", "e"),
         (Prompt("x", slot("a", tokens=2)), {"colour": 1}, "unknown compile option", None),
         (Prompt("x", slot("a", tokens=2)), {"strategy": "best"}, "bad sampling option", None),
@@ -97,9 +109,7 @@ def test_compile_errors_name_slot_and_fix(byte_tok, prompt, options, match, slot
 
 
 def test_vocabulary_that_cannot_spell_the_pattern() -> None:
-    tok = Tokenizer(
-        [b"a", b"b", None, None], lambda s: [0] * len(s), mask_id=2, pad_id=3, name="ab-only"
-    )
+    tok = Tokenizer([b"a", b"b", None, None], lambda s: [0] * len(s), mask_id=2, pad_id=3, name="ab-only")
     with pytest.raises(CompileError, match="cannot spell"):
         compile(Prompt("a", slot("x", regex="[0-9]", tokens=1)), tok)
     with pytest.raises(CompileError, match="cannot spell every option"):

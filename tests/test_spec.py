@@ -16,7 +16,9 @@ def test_builder_reads_naturally_and_round_trips_json() -> None:
 
 
 def test_format_template() -> None:
-    p = Prompt.format("{{x}} Name: {name}, color {c}.", name=slot(tokens=4), c=slot(choice=["red", "blue"], max_tokens=2))
+    p = Prompt.format(
+        "{{x}} Name: {name}, color {c}.", name=slot(tokens=4), c=slot(choice=["red", "blue"], max_tokens=2)
+    )
     assert p.parts[0] == Text(text="{x} Name: ")
     assert p.slots[0].name == "name" and p.slots[0].length.mode == "exact"
     assert p.slots[1].constraint == Choice(options=("red", "blue"))
