@@ -193,7 +193,7 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
             continue
         auto = _automaton(part, tok, constrained)
         n = part.length.tokens
-        if part.length.mode == "at_most":
+        if part.length.mode == "at_most" and constrained:
             if tok.pad_id is None:
                 raise CompileError(
                     f"max_tokens= needs a pad token and {tok.name} has neither pad nor EOS; "
@@ -201,7 +201,8 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
                     slot=part.name,
                 )
             auto = auto.with_pad(tok.pad_id)
-        _check_length(part, auto, n)
+        if constrained:
+            _check_length(part, auto, n)
         slots.append(
             SlotLayout(
                 name=part.name,
@@ -230,7 +231,7 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
 def _automaton(part: Slot, tok: Tokenizer, constrained: bool) -> TokenAutomaton:
     c = part.constraint
     if not constrained:
-        return unconstrained_automaton(tok)
+        return unconstrained_automaton(tok, with_pad=part.length.mode == "at_most")
     if isinstance(c, Regex):
         return regex_automaton(c.pattern, tok, slot=part.name)
     if isinstance(c, Choice):

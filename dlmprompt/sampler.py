@@ -16,7 +16,7 @@ guidance.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -439,12 +439,17 @@ def generate(
     programs: Program | Prompt | Sequence[Program | Prompt],
     *,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    on_step: Callable[[Step], None] | None = None,
 ) -> Any:
-    """Run :func:`sample` to the end. Returns a :class:`Result`, or a list for several programs."""
+    """Run :func:`sample` to the end. Returns a :class:`Result`, or a list for several programs.
+
+    ``on_step`` is called with every :class:`Step` (a progress bar, a live view).
+    """
     progs, single = _as_programs(denoiser, programs)
     gens = _generators(generator, len(progs))
     rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
-    for _ in _loop(denoiser, rows):
-        pass
+    for step in _loop(denoiser, rows):
+        if on_step is not None:
+            on_step(step)
     results = [r.result() for r in rows]
     return results[0] if single else results

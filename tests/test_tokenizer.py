@@ -88,7 +88,7 @@ def test_special_ids_from_model_config() -> None:
 
     class Config:
         mask_token_id = 3
-        eos_token_id = [2]
+        eos_token_id = (2,)
 
     tok = Tokenizer.from_hf(hf, config=Config())
     assert tok.mask_id == 3

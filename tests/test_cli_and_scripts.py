@@ -1,0 +1,57 @@
+"""The README's main command, the examples and the benchmarks run as written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dlmprompt.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_and_shows_valid_record(capsys) -> None:
+    assert main(["demo", "--no-live", "--steps", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "step   1" in out and "8 denoising steps, 8 forward passes" in out
+    record = json.loads(out.split("Result:\n")[1].splitlines()[0])
+    assert set(record) == {"name", "email", "born", "role"}
+    assert record["role"] in {"mathematician", "engineer", "poet"}
+
+
+def test_example_runs_as_written() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "fill_record.py")], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Answer: " in out.stdout
+
+
+def test_constraint_overhead_benchmark_small(tmp_path) -> None:
+    path = tmp_path / "out.json"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "constraint_overhead.py"),
+            "--sizes",
+            "64",
+            "--repeats",
+            "1",
+            "--steps",
+            "4",
+            "--json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(path.read_text())
+    row = data["sizes"]["64"]
+    for key in ("sampler_ms_per_step", "constraint_ms_per_step", "ratio_step", "ours_ms_total", "llguidance_ms_total"):
+        assert key in row
+    assert row["sampler_ms_per_step"] > 0 and row["llguidance_ms_total"] > 0
+    assert "ratio" in out.stdout
