@@ -52,17 +52,19 @@ def record(i: int) -> Prompt:
 
 
 def canvas_prompt(tok, size: int) -> Prompt:
+    """Records until the canvas is full; a free-text slot takes what room is left."""
     p = Prompt("Records:\n")
+    used = len(tok.encode("Records:\n"))
     i = 0
     while True:
         nxt = p + record(i)
-        if len(compile(nxt, tok, constraints=False).layout) > size:
+        n = len(compile(nxt, tok, constraints=False).layout)
+        if n > size:
             break
-        p = nxt
+        p, used = nxt, n
         i += 1
-    room = size - len(compile(p, tok, constraints=False).layout)
-    if room > 0:
-        p = p + slot("notes", max_tokens=room)
+    if size > used:
+        p = p + slot("notes", max_tokens=size - used)
     return p
 
 
