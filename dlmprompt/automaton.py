@@ -309,7 +309,7 @@ def _vocab_for(tokenizer: Tokenizer) -> _Vocab:
 
 def regex_automaton(pattern: str, tokenizer: Tokenizer, *, slot: str | None = None) -> TokenAutomaton:
     """The token automaton of ``pattern`` (full match) over ``tokenizer``'s vocabulary; cached."""
-    key = (pattern, tokenizer.identity)
+    key = ("regex:" + pattern, tokenizer.identity)
     hit = _AUTOMATA.get(key)
     if hit is not None:
         _AUTOMATA.move_to_end(key)
@@ -352,9 +352,10 @@ def choice_automaton(options: tuple[str, ...], tokenizer: Tokenizer, *, slot: st
     if not options:
         raise CompileError("choice needs at least one option; got an empty list", slot=slot)
     pattern = "(?:" + "|".join(escape_literal(o) for o in options) + ")"
-    key = (pattern, tokenizer.identity)
+    key = ("choice:" + pattern, tokenizer.identity)
     hit = _AUTOMATA.get(key)
     if hit is not None:
+        _AUTOMATA.move_to_end(key)
         return hit
     import outlines_core
 
@@ -374,6 +375,8 @@ def choice_automaton(options: tuple[str, ...], tokenizer: Tokenizer, *, slot: st
         description=f"choice {list(options)!r}",
     )
     _AUTOMATA[key] = auto
+    while len(_AUTOMATA) > _CACHE_SIZE:
+        _AUTOMATA.popitem(last=False)
     return auto
 
 
@@ -385,7 +388,7 @@ def free_text_automaton(tokenizer: Tokenizer) -> TokenAutomaton:
 def unconstrained_automaton(tokenizer: Tokenizer, *, with_pad: bool = False) -> TokenAutomaton:
     """Any sequence of text tokens (and pad, if ``with_pad``), no UTF-8 check, no structure: the
     sampler's baseline without constraints."""
-    key = (f"<unconstrained pad={with_pad}>", tokenizer.identity)
+    key = (f"any:pad={with_pad}", tokenizer.identity)
     hit = _AUTOMATA.get(key)
     if hit is not None:
         return hit

@@ -26,9 +26,9 @@ from .automaton import TokenAutomaton
 from .errors import DLMPromptError
 
 NEG = -np.inf
-# log mass given to a class the model put (numerically) zero probability on: the constraint may
-# still need it, so it must stay possible, just far less likely than anything the model allows
-FLOOR = -1.0e4
+# log mass of a class whose probability is exactly zero (a model's -inf logits): the constraint
+# may still need it, so it stays possible, just less likely than anything the model allows
+FLOOR = -1.0e200
 
 
 @dataclass
@@ -52,8 +52,10 @@ def _lse1(a: np.ndarray) -> np.ndarray:
         return np.log(np.exp(a - safe[:, None]).sum(axis=1)) + safe
 
 
-def backward(auto: TokenAutomaton, committed: np.ndarray, logP: np.ndarray) -> np.ndarray:
-    """``beta[j, s]`` for j in 0..n (shape [n+1, Q+1]; column Q is the dead state, -inf)."""
+def backward(auto: TokenAutomaton, committed: np.ndarray, logP: np.ndarray, maximize: bool = False) -> np.ndarray:
+    """``beta[j, s]`` for j in 0..n (shape [n+1, Q+1]; column Q is the dead state, -inf).
+
+    Sum-product by default; ``maximize`` gives max-product (the best completion's log weight)."""
     n = len(committed)
     q = auto.n_states
     ns = auto.next_state
@@ -68,7 +70,8 @@ def backward(auto: TokenAutomaton, committed: np.ndarray, logP: np.ndarray) -> n
             beta[j, :q] = nb[safe[c]]
         else:
             k -= 1
-            beta[j, :q] = _lse0(logP[k][:, None] + nb[safe])
+            x = logP[k][:, None] + nb[safe]
+            beta[j, :q] = x.max(axis=0) if maximize else _lse0(x)
     return beta
 
 
@@ -119,7 +122,9 @@ def run_chain(
 
     ``committed[j]``: class of the committed token at slot position j, or -1 if masked.
     ``logP``: [m, C] log class masses of the masked positions (sampling distribution), in order.
-    ``noise``: [m, C] Gumbel noise (None: take the best class at each step, temperature 0).
+    ``noise``: [m, C] Gumbel noise. None means temperature 0: ``logP`` then holds each class's
+    best token log-probability and the assignment is the most probable valid one (max-product),
+    which does not depend on how tokens are grouped into classes.
     ``want``: bool [m], masked positions whose constrained class weights are needed.
     ``logP_conf``: class masses of the distribution confidences come from (default ``logP``).
     """
@@ -127,7 +132,7 @@ def run_chain(
     q = auto.n_states
     ns = auto.next_state
     safe = np.where(ns >= 0, ns, q)
-    beta = backward(auto, committed, logP)
+    beta = backward(auto, committed, logP, maximize=noise is None)
     if not np.isfinite(beta[0, auto.start]):
         raise DLMPromptError(
             f"internal error: slot with {auto.description} cannot be completed from its committed "
@@ -143,6 +148,10 @@ def run_chain(
             if noise is not None:
                 scores = scores + noise[k]
             c = int(np.argmax(scores))
+            if not np.isfinite(scores[c]):
+                raise DLMPromptError(
+                    f"internal error: no valid token for a slot with {auto.description}; please report this"
+                )
             classes[k] = c
             k += 1
         s = int(ns[c, s])

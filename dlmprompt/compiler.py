@@ -149,7 +149,10 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
         sampling = prompt.sampling.model_validate({**prompt.sampling.model_dump(), **sampling_over})
     except ValueError as exc:
         raise CompileError(f"bad sampling option: {exc}") from None
-    cfg_scale = float(options.get("cfg_scale", prompt.guidance.cfg_scale))
+    try:
+        cfg_scale = float(options.get("cfg_scale", prompt.guidance.cfg_scale))
+    except (TypeError, ValueError):
+        raise CompileError(f"cfg_scale must be a number >= 0; got {options.get('cfg_scale')!r}") from None
     if cfg_scale < 0:
         raise CompileError(f"cfg_scale must be >= 0; got {cfg_scale}")
     constrained = bool(options.get("constraints", True))

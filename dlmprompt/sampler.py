@@ -103,7 +103,7 @@ def _classes(auto: TokenAutomaton, device: torch.device) -> _Classes:
 
 def _clean(lg: torch.Tensor) -> torch.Tensor:
     """Finite float32 logits: a model's -inf / nan must not break argmax within a class."""
-    return torch.nan_to_num(lg.float(), nan=-1e30, posinf=1e30, neginf=-1e30)
+    return torch.nan_to_num(lg.float(), nan=-1e30, posinf=1e30, neginf=-1e30).clamp_(-1e30, 1e30)
 
 
 def _gumbel(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
@@ -213,26 +213,32 @@ class _Row:
         dev = logits.device
         cls = _classes(auto, dev)
         c = auto.n_classes
+        greedy = temp == 0
         two = temp > 0 and temp != 1.0  # separate sampling and confidence distributions
         pos_t = torch.from_numpy(pos).to(dev)
-        # pass 1: log-normalisers and class masses of every masked position of the slot
+        # pass 1: log-normalisers and log class masses of every masked position of the slot
         lse = torch.empty(len(pos), dtype=torch.float32, device=dev)
-        lse_s = torch.empty(len(pos), dtype=torch.float32, device=dev) if two else lse
-        mass = torch.empty(len(pos), c, dtype=torch.float64, device=dev)
-        mass_s = torch.empty(len(pos), c, dtype=torch.float64, device=dev) if two else mass
+        log_mass = torch.empty(len(pos), c, dtype=torch.float64, device=dev)
+        log_mass_s = (
+            torch.empty(len(pos), c, dtype=torch.float64, device=dev)
+            if (two or (greedy and not auto.trivial))
+            else log_mass
+        )
         for i in range(0, len(pos), _CHUNK):
             lg = _clean(logits[pos_t[i : i + _CHUNK], :v])
             lse[i : i + _CHUNK] = torch.logsumexp(lg, dim=1)
-            mass[i : i + _CHUNK] = self._class_mass(lg, lse[i : i + _CHUNK], cls, auto)
+            log_mass[i : i + _CHUNK] = self._log_class_mass(lg, lse[i : i + _CHUNK], cls, auto)
             if two:
-                lgs = lg / temp
-                lse_s[i : i + _CHUNK] = torch.logsumexp(lgs, dim=1)
-                mass_s[i : i + _CHUNK] = self._class_mass(lgs, lse_s[i : i + _CHUNK], cls, auto)
-        with np.errstate(divide="ignore"):
-            log_mass = np.log(mass.cpu().numpy())
-            log_mass_s = np.log(mass_s.cpu().numpy()) if two else log_mass
-        log_mass = np.maximum(log_mass, FLOOR)
-        log_mass_s = np.maximum(log_mass_s, FLOOR)
+                lgs = lg.double() / temp
+                log_mass_s[i : i + _CHUNK] = self._log_class_mass(lgs, torch.logsumexp(lgs, dim=1), cls, auto)
+            elif greedy and not auto.trivial:
+                log_mass_s[i : i + _CHUNK] = self._log_class_max(lg, lse[i : i + _CHUNK], cls, auto)
+        log_mass = np.maximum(log_mass.cpu().numpy(), FLOOR)
+        log_mass_s = (
+            np.maximum(log_mass_s.cpu().numpy(), FLOOR)
+            if log_mass_s is not None and (two or (greedy and not auto.trivial))
+            else log_mass
+        )
         if auto.trivial:
             classes = np.zeros(len(pos), dtype=np.int64)
             logw = -log_mass
@@ -246,7 +252,7 @@ class _Row:
                 log_mass_s,
                 noise=noise,
                 want=want,
-                logP_conf=log_mass if two else None,
+                logP_conf=log_mass if (two or greedy) else None,
             )
             classes = res.classes
             logw = res.logw  # type: ignore[assignment]
@@ -257,7 +263,7 @@ class _Row:
             rows = wi[i : i + _CHUNK]
             rows_t = torch.from_numpy(rows).to(dev)
             lg = _clean(logits[pos_t[rows_t], :v])
-            pert = (lg / temp if temp > 0 else lg).double()
+            pert = lg.double() / temp if temp > 0 else lg.double()
             if temp > 0:
                 pert = pert + _gumbel(tuple(pert.shape), self.gen).to(dev)
             ccls = torch.from_numpy(classes[rows]).to(dev)
@@ -281,14 +287,37 @@ class _Row:
         )
 
     @staticmethod
-    def _class_mass(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
+    def _log_class_mass(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
+        """log of the probability summed over each class's tokens, [k, C] float64.
+
+        Fast path in linear space; rows where a class underflows to zero are redone in log space,
+        so a class the model dislikes by hundreds of nats keeps its true (tiny) relative weight."""
         p = torch.exp(lg - lse.unsqueeze(1))
         if auto.trivial:
-            out = 1.0 - p[:, cls.disallowed].double().sum(dim=1, keepdim=True)
-            return out.clamp(min=0.0)
-        acc = torch.zeros(lg.shape[0], auto.n_classes + 1, dtype=torch.float32, device=lg.device)
+            allowed = 1.0 - p[:, cls.disallowed].double().sum(dim=1, keepdim=True)
+            return torch.log(allowed.clamp(min=0.0))
+        acc = torch.zeros(lg.shape[0], auto.n_classes + 1, dtype=p.dtype, device=lg.device)
         acc.index_add_(1, cls.index, p)
-        return acc[:, : auto.n_classes].double()
+        acc = acc[:, : auto.n_classes]
+        out = torch.log(acc.double())
+        redo = (acc == 0).any(dim=1)
+        if bool(redo.any()):
+            sub = lg[redo]
+            idx = cls.index.unsqueeze(0).expand(sub.shape[0], -1)
+            cmax = torch.full((sub.shape[0], auto.n_classes + 1), -torch.inf, dtype=sub.dtype, device=lg.device)
+            cmax.scatter_reduce_(1, idx, sub, reduce="amax", include_self=True)
+            e = torch.exp(sub - cmax.gather(1, idx))
+            s = torch.zeros_like(cmax).index_add_(1, cls.index, e)
+            out[redo] = (torch.log(s) + cmax)[:, : auto.n_classes].double() - lse[redo].double().unsqueeze(1)
+        return out
+
+    @staticmethod
+    def _log_class_max(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
+        """log-probability of each class's most likely token, [k, C] float64 (temperature 0)."""
+        idx = cls.index.unsqueeze(0).expand(lg.shape[0], -1)
+        cmax = torch.full((lg.shape[0], auto.n_classes + 1), -torch.inf, dtype=lg.dtype, device=lg.device)
+        cmax.scatter_reduce_(1, idx, lg, reduce="amax", include_self=True)
+        return cmax[:, : auto.n_classes].double() - lse.double().unsqueeze(1)
 
     def result(self) -> Result:
         prog = self.program
@@ -338,6 +367,8 @@ def _as_programs(denoiser: Any, programs: Any) -> tuple[list[Program], bool]:
                     "compile(prompt, tokenizer) first and pass the Program"
                 )
             out.append(compile(p, tok))
+    if len({p.tokenizer.identity for p in out}) > 1:
+        raise BackendError("programs in one batch must be compiled with the same tokenizer (the model's)")
     for p in out:
         mid = getattr(denoiser, "mask_id", None)
         if mid is not None and mid != p.mask_id:
@@ -356,6 +387,8 @@ def _generators(generator: Any, n: int) -> list[torch.Generator]:
     if isinstance(generator, torch.Generator):
         seeds = torch.randint(0, 2**62, (n,), generator=generator).tolist()
         return [torch.Generator().manual_seed(int(s)) for s in seeds]
+    if not isinstance(generator, (list, tuple)):
+        raise ValueError(f"generator= takes a torch.Generator or a list of {n} of them; got {type(generator).__name__}")
     gens = list(generator)
     if len(gens) != n or not all(isinstance(g, torch.Generator) for g in gens):
         raise ValueError(f"generator= takes one torch.Generator or a list of {n} (one per program)")
@@ -411,6 +444,11 @@ def _loop(denoiser: Any, rows: list[_Row]) -> Iterator[Step]:
         with torch.no_grad():
             logits = denoiser(ids_t, att_t)
         v = rows[0].program.tokenizer.vocab_size
+        if not isinstance(logits, torch.Tensor):
+            hint = " (a transformers model output: return its .logits)" if hasattr(logits, "logits") else ""
+            raise BackendError(
+                f"{describe(denoiser)} returned {type(logits).__name__}; expected a torch.Tensor of logits{hint}"
+            )
         if logits.ndim != 3 or logits.shape[0] != len(seqs) or logits.shape[1] < width:
             raise BackendError(
                 f"{describe(denoiser)} returned logits of shape {tuple(logits.shape)}; expected "

@@ -280,14 +280,18 @@ def slot(
     if (max_tokens is None) == (tokens is None):
         raise SpecError(f"slot {name!r}: give exactly one length, max_tokens=N (value then pad) or tokens=N (exact)")
     constraint: FreeText | Regex | Choice
-    if regex is not None:
-        constraint = Regex(pattern=regex)
-    elif choice is not None:
-        if isinstance(choice, str):
-            raise SpecError(f"slot {name!r}: choice= takes a list of strings, not one string")
-        constraint = Choice(options=tuple(choice))
-    else:
-        constraint = FreeText()
+    if isinstance(choice, str):
+        raise SpecError(f"slot {name!r}: choice= takes a list of strings, not one string")
+    try:
+        if regex is not None:
+            constraint = Regex(pattern=regex)
+        elif choice is not None:
+            constraint = Choice(options=tuple(choice))
+        else:
+            constraint = FreeText()
+    except (ValidationError, TypeError) as exc:
+        detail = _explain(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise SpecError(f"slot {name!r}: {detail}") from None
     try:
         if max_tokens is not None:
             length = Length(mode="at_most", tokens=max_tokens)
