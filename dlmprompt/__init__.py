@@ -22,9 +22,11 @@ from .tokenizer import Tokenizer
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .backends import from_transformers, load
     from .sampler import Capture, Result, Step, generate, sample
 
 _LAZY = {"sample", "generate", "Step", "Result", "Capture"}
+_BACKENDS = {"load", "from_transformers"}
 
 
 def __getattr__(name: str) -> Any:
@@ -33,6 +35,10 @@ def __getattr__(name: str) -> Any:
         from . import sampler
 
         return getattr(sampler, name)
+    if name in _BACKENDS:
+        from . import backends
+
+        return getattr(backends, name)
     raise AttributeError(f"module 'dlmprompt' has no attribute {name!r}")
 
 
@@ -61,7 +67,9 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "compile",
+    "from_transformers",
     "generate",
+    "load",
     "sample",
     "slot",
 ]

@@ -7,58 +7,74 @@ import sys
 import time
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import torch
-
-    from . import Prompt, Tokenizer, compile, slot
-    from .sampler import Step, generate
-    from .testing import RandomDenoiser
-
-    tok = Tokenizer.bytes_level(["the", "ing", "er", "on", ".org", ".com"])
-    prompt = (
-        Prompt("Extract the person.\nText: Ada Lovelace (ada@analytical.org) was born on 1815-12-10.\nRecord: ")
-        + '{"name": "'
-        + slot("name", regex=r"[A-Z][a-z]+ [A-Z][a-z]+", max_tokens=16)
-        + '", "email": "'
-        + slot("email", regex=r"[a-z]+@[a-z]+\.(org|com)", max_tokens=20)
-        + '", "born": "'
-        + slot("born", regex=r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])", tokens=10)
-        + '", "role": "'
-        + slot("role", choice=["mathematician", "engineer", "poet"], max_tokens=13)
-        + '"}'
-    ).with_sampling(steps=args.steps, temperature=1.0)
-    program = compile(prompt, tok)
-    denoiser = RandomDenoiser(tok, seed=args.seed)
-    print("dlmprompt demo: exact constraints under any-order decoding.")
-    print(
-        "The model here writes random logits (the embedded default model is not trained yet), so\n"
-        "every value below is valid only because the constraints make it so.\n"
-    )
-    live = sys.stdout.isatty() and not args.no_live
-    t0 = time.perf_counter()
+def _live(tok, program, live: bool):  # type: ignore[no-untyped-def]
     head = program.layout.slots[0].start
+    anchor_tail = program.layout.canvas[:head].tolist()
+    prefix = tok.decode(anchor_tail).rsplit("\n", 1)[-1]
 
-    def show(step: Step) -> None:
+    def show(step) -> None:  # type: ignore[no-untyped-def]
         view = "".join(
-            "_" if t == tok.mask_id else ("·" if t == tok.pad_id else tok.decode([int(t)])) for t in step.canvas[head:]
+            "_" if t == tok.mask_id else ("" if t == tok.pad_id else tok.decode([int(t)])) for t in step.canvas[head:]
         )
-        line = f"step {step.index + 1:3d}  {view}"
+        line = f"  step {step.index + 1:3d}  {prefix}{view}"
         if live:
-            sys.stdout.write("\r\x1b[2K" + line[:200])
+            sys.stdout.write("\r\x1b[2K" + line[:220])
             sys.stdout.flush()
-            time.sleep(0.03)
+            time.sleep(0.02)
         else:
             print(line)
 
-    result = generate(denoiser, program, generator=torch.Generator().manual_seed(args.seed), on_step=show)
-    elapsed = time.perf_counter() - t0
+    return show
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import Prompt, load, slot
+    from .records import extraction_prompt
+    from .sampler import generate
+
+    t0 = time.perf_counter()
+    denoiser = load()
+    tok = denoiser.tokenizer
+    print(f"dlmprompt demo on the embedded default model ({time.perf_counter() - t0:.1f} s to load)\n")
+    live = sys.stdout.isatty() and not args.no_live
+    g = torch.Generator().manual_seed(args.seed)
+
+    text = args.text or "Meet Ada Lovelace, 36, from London (email: ada.lovelace@example.org)."
+    print(f"1. Extraction: a typed record from text, keys as anchors, values as typed slots\n   Text: {text}")
+    program = extraction_prompt("person", text).with_sampling(temperature=0.0)
+    t = time.perf_counter()
+    result = generate(denoiser, program, generator=g, on_step=_live(tok, compile_(program, tok), live))
     if live:
         print()
-    print("\nResult:\n  " + result.text.split("Record: ")[1])
-    for name, cap in result.captures.items():
-        print(f"  {name:6s} = {cap.text!r}")
-    print(f"\n{result.steps} denoising steps, {result.forward_passes} forward passes, {elapsed:.2f} s")
+    print("   Record:", result.text.split("Record: ", 1)[1])
+    print(
+        f"   {result.steps} denoising steps, {result.forward_passes} forward passes, {time.perf_counter() - t:.2f} s\n"
+    )
+
+    print("2. Code template: fill a function's name and body expression between fixed code")
+    code = (
+        Prompt("def ")
+        + slot("name", regex=r"[a-z_][a-z0-9_]*", max_tokens=4)
+        + "(self, other):\n    return "
+        + slot("expr", regex=r"[a-z_][a-z0-9_.]*( [-+*/<>=]+ [a-z_][a-z0-9_.]*)?", max_tokens=8)
+        + "\n"
+    )
+    t = time.perf_counter()
+    result = generate(denoiser, code, generator=g, on_step=_live(tok, compile_(code, tok), live))
+    if live:
+        print()
+    print("   " + result.text.replace("\n", "\n   "))
+    print(f"   {result.steps} denoising steps, {result.forward_passes} forward passes, {time.perf_counter() - t:.2f} s")
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def compile_(prompt, tok):  # type: ignore[no-untyped-def]
+    from .compiler import compile
+
+    return compile(prompt, tok)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,11 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="fill a typed record under exact constraints, showing the canvas as it denoises")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=24)
+    demo.add_argument("--text", default=None, help="the document to extract a person record from")
     demo.add_argument("--no-live", action="store_true", help="print every step on its own line")
+    train = sub.add_parser(
+        "train-default", help="train the embedded default model (needs the train extra)", add_help=False
+    )
+    train.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "train-default":
+        from .train import main as train_main
+
+        return train_main(args.rest)
     return 2  # pragma: no cover
 
 

@@ -12,13 +12,14 @@ from dlmprompt.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_and_shows_valid_record(capsys) -> None:
-    assert main(["demo", "--no-live", "--steps", "8"]) == 0
+def test_demo_runs_on_the_embedded_model(capsys) -> None:
+    assert main(["demo", "--no-live"]) == 0
     out = capsys.readouterr().out
-    assert "step   1" in out and "8 denoising steps, 8 forward passes" in out
-    record = json.loads(out.split("Result:\n")[1].splitlines()[0])
-    assert set(record) == {"name", "email", "born", "role"}
-    assert record["role"] in {"mathematician", "engineer", "poet"}
+    assert "embedded default model" in out and "step   1" in out
+    record = json.loads(out.split("Record: ")[-1].splitlines()[0])
+    assert set(record) == {"name", "age", "email", "city"}
+    assert isinstance(record["age"], int)
+    assert "def " in out and "forward passes" in out
 
 
 def test_example_runs_as_written() -> None:

@@ -41,3 +41,5 @@ def test_wheel_ships_templates_and_py_typed(tmp_path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "dlmprompt/py.typed" in names
     assert "dlmprompt/templates/extraction.jinja" in names
+    for f in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert f"dlmprompt/default_model/{f}" in names
