@@ -17,23 +17,48 @@ from .errors import BackendError
 from .tokenizer import Tokenizer
 
 
-class MaskedLMDenoiser:
-    """Any masked LM (BERT, ModernBERT, the embedded model): a one-noise-level masked DLM."""
+class TransformersDenoiser:
+    """A transformers model as a masked-diffusion denoiser.
 
-    def __init__(self, model: Any, tokenizer: Tokenizer, *, name: str | None = None) -> None:
+    ``shift=True`` is for models whose logits are shifted right by one (Dream, DiffuCoder and
+    other models adapted from autoregressive checkpoints): the prediction for position i comes
+    from the hidden state at i-1, so the logits are realigned before anything else sees them.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Tokenizer,
+        *,
+        shift: bool = False,
+        family: str = "masked_lm",
+        name: str | None = None,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.mask_id = tokenizer.require_mask()
+        self.shift = shift
+        self.family = family
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.device = next(model.parameters()).device
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"input_ids": input_ids}
+        if not bool(attention_mask.all()):
+            # only batches with padding need the mask (older LLaDA code does not take one)
+            kwargs["attention_mask"] = attention_mask.long()
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask.long())
-        return out.logits
+            out = self.model(**kwargs)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        if self.shift:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
 
     def __repr__(self) -> str:
-        return f"MaskedLMDenoiser({self.name!r}, {self.tokenizer!r})"
+        return f"TransformersDenoiser({self.name!r}, family={self.family!r}, {self.tokenizer!r})"
+
+
+MaskedLMDenoiser = TransformersDenoiser  # the name used before other families existed
 
 
 def default_model_path() -> Path:
@@ -41,34 +66,49 @@ def default_model_path() -> Path:
     return Path(str(resources.files("dlmprompt") / "default_model"))
 
 
-def from_transformers(model: Any, tokenizer: Any, **ids: int) -> MaskedLMDenoiser:
+def from_transformers(model: Any, tokenizer: Any, **ids: int) -> TransformersDenoiser:
     """Wrap a transformers model and its tokenizer. Special ids come from the tokenizer, then the
-    model config; pass ``mask_id=...`` (and pad_id / eos_id / bos_id) to override."""
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.from_hf(tokenizer, config=model.config, **ids)
-    kind = _family(model.config)
-    if kind == "masked_lm":
-        return MaskedLMDenoiser(model, tok)
-    raise BackendError(  # pragma: no cover - only masked LMs are detected so far
-        f"unsupported model family {kind!r}"
-    )
+    model config (and generation config); pass ``mask_id=...`` (and pad_id / eos_id / bos_id) to
+    override."""
+    family, shift = _family(model.config)
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else _wrap_tokenizer(tokenizer, model, ids)
+    return TransformersDenoiser(model, tok, shift=shift, family=family)
 
 
-def _family(config: Any) -> str:
+def _wrap_tokenizer(tokenizer: Any, model: Any, ids: dict[str, int]) -> Tokenizer:
+    gen = getattr(model, "generation_config", None)
+    if "mask_id" not in ids and getattr(tokenizer, "mask_token_id", None) is None:
+        for source in (model.config, gen):
+            value = getattr(source, "mask_token_id", None) if source is not None else None
+            if value is not None:
+                ids = {**ids, "mask_id": int(value)}
+                break
+    return Tokenizer.from_hf(tokenizer, config=model.config, **ids)
+
+
+_MASKED_LM_TYPES = {"bert", "modernbert", "roberta", "distilbert", "xlm-roberta", "electra", "deberta-v2"}
+
+
+def _family(config: Any) -> tuple[str, bool]:
+    """(family, shifted logits) from a model config."""
     archs = [a.lower() for a in (getattr(config, "architectures", None) or [])]
-    if any("maskedlm" in a for a in archs) or getattr(config, "model_type", "") in {
-        "bert",
-        "modernbert",
-        "roberta",
-        "distilbert",
-        "xlm-roberta",
-        "electra",
-    }:
-        return "masked_lm"
+    model_type = str(getattr(config, "model_type", "")).lower()
+    if any("maskedlm" in a for a in archs) or model_type in _MASKED_LM_TYPES:
+        return "masked_lm", False
+    if model_type.startswith("llada") or any("llada" in a for a in archs):
+        return "llada", False
+    if model_type.startswith("dream") or any("dream" in a or "diffucoder" in a for a in archs):
+        return "dream", True
+    if "diffusion_gemma" in model_type or any("diffusiongemma" in a for a in archs):
+        raise BackendError(
+            "DiffusionGemma (uniform-noise block diffusion) is not supported yet; supported: masked LMs, "
+            "LLaDA-style and Dream-style masked DLMs"
+        )
     raise BackendError(
-        f"cannot tell which diffusion family model_type={getattr(config, 'model_type', None)!r} "
-        f"(architectures {archs}) belongs to; supported here: masked LMs (AutoModelForMaskedLM: BERT, "
-        "ModernBERT, the embedded model). Wrap other models yourself: any object with mask_id, "
-        "tokenizer and __call__(input_ids, attention_mask) -> logits is a Denoiser"
+        f"cannot tell which diffusion family model_type={model_type!r} (architectures {archs}) belongs to; "
+        "supported: masked LMs (AutoModelForMaskedLM: BERT, ModernBERT, the embedded model), LLaDA-style "
+        "masked DLMs and Dream-style DLMs with right-shifted logits. For another model, wrap it yourself: "
+        "TransformersDenoiser(model, Tokenizer.from_hf(tok, mask_id=..., pad_id=..., eos_id=...), shift=...)"
     )
 
 
@@ -77,8 +117,13 @@ def load(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> MaskedLMDenoiser:
-    """Load a denoiser: the embedded default model (no argument) or a local checkpoint folder."""
+    trust_remote_code: bool = False,
+) -> TransformersDenoiser:
+    """Load a denoiser: the embedded default model (no argument) or a local checkpoint folder.
+
+    The family (masked LM, LLaDA-style, Dream-style) is read from the config. LLaDA and Dream
+    ship their model code with the checkpoint: pass ``trust_remote_code=True`` to run it.
+    """
     path = default_model_path() if name_or_path is None else Path(name_or_path)
     if not (path / "config.json").is_file():
         if name_or_path is None:
@@ -90,19 +135,28 @@ def load(
             f"{path} is not a checkpoint folder (no config.json); nothing is downloaded from a hub, "
             "so pass a local folder written by save_pretrained"
         )
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-    config = AutoConfig.from_pretrained(path)
-    _family(config)
-    kwargs: dict[str, Any] = {}
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise BackendError(
+                f"{path} ships its own model code; pass trust_remote_code=True to load it (it runs that code)"
+            ) from None
+        raise BackendError(f"cannot read the config in {path}: {exc}") from None
+    family, shift = _family(config)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForMaskedLM.from_pretrained(path, **kwargs)
+    auto = AutoModelForMaskedLM if family == "masked_lm" else AutoModel
+    model = auto.from_pretrained(path, **kwargs)
     if device is not None:
         model = model.to(device)
-    hf_tok = AutoTokenizer.from_pretrained(path)
-    tok = Tokenizer.from_hf(hf_tok, config=config)
-    return MaskedLMDenoiser(model, tok, name="dlmprompt-default" if name_or_path is None else str(path))
+    hf_tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tok = _wrap_tokenizer(hf_tok, model, {})
+    return TransformersDenoiser(
+        model, tok, shift=shift, family=family, name="dlmprompt-default" if name_or_path is None else str(path)
+    )

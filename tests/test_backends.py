@@ -89,5 +89,5 @@ def test_unknown_or_missing_models_are_refused(tmp_path) -> None:
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(tmp_path)
-    with pytest.raises(BackendError, match="supported here: masked LMs"):
+    with pytest.raises(BackendError, match="supported: masked LMs"):
         dlmprompt.load(tmp_path)
