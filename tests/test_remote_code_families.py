@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 import torch
+from helpers import check_result
 
 import dlmprompt
 from dlmprompt import BackendError, Prompt, compile, generate, slot
-from helpers import check_result
 
 CONFIG_SRC = """
 from transformers import PretrainedConfig
