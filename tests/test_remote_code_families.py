@@ -156,7 +156,7 @@ def test_diffusion_gemma_and_unknown_families_are_refused_clearly(tmp_path) -> N
 
     class Cfg:
         model_type = "diffusion_gemma"
-        architectures = ["DiffusionGemmaForBlockDiffusion"]
+        architectures = ("DiffusionGemmaForBlockDiffusion",)
 
-    with pytest.raises(BackendError, match="DiffusionGemma .* not supported yet"):
+    with pytest.raises(BackendError, match=r"DiffusionGemma .* not supported yet"):
         _family(Cfg())
