@@ -56,3 +56,19 @@ def test_constraint_overhead_benchmark_small(tmp_path) -> None:
         assert key in row
     assert row["sampler_ms_per_step"] > 0 and row["llguidance_ms_total"] > 0
     assert "ratio" in out.stdout
+
+
+def test_gpu_step_benchmark_small_runs_on_cpu(tmp_path) -> None:
+    path = tmp_path / "gpu.json"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_step.py"), "--small", "--repeats", "1", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(path.read_text())
+    assert {(r["canvas"], r["batch"]) for r in data["shapes"]} == {(64, 1), (64, 2), (128, 1), (128, 2)}
+    for r in data["shapes"]:
+        assert r["step_ms"] > 0 and r["step_ms_constrained"] > 0 and "overhead_pct" in r
+    assert data["generation"]["constrained_ms"] > 0
