@@ -348,6 +348,7 @@ def train_default(
     time_limit_min: float | None = None,
     save_every: int = 100,
     log_file: Any = None,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Train (or resume) the default model into ``out``; returns the folder of the final model."""
     import torch
@@ -364,6 +365,10 @@ def train_default(
     from .tokenizer import Tokenizer
 
     tok_path = out / "tokenizer.json"
+    if not tok_path.exists() and init_from is not None:
+        import shutil
+
+        shutil.copy(Path(init_from) / "tokenizer.json", tok_path)  # the model's own vocabulary
     if not tok_path.exists():
         log("corpus: generating records and code for the tokenizer")
         sample = make_records(20000, seed)
@@ -401,6 +406,14 @@ def train_default(
         gen.set_state(state["gen"])
         order_rng.setstate(state["order"])
         log(f"resumed from step {step}")
+    elif init_from is not None:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(init_from) / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected or [m for m in missing if not m.endswith("decoder.weight")]:
+            raise ValueError(f"{init_from} does not match the model: missing {missing}, unexpected {unexpected}")
+        log(f"initialised from {init_from} (fresh optimizer and schedule)")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: ModernBertForMaskedLM {n_params / 1e6:.1f}M parameters on {device}; {max_steps} steps of {batch_size}")
 
@@ -473,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", type=int, default=6000)
     ap.add_argument("--time-limit-min", type=float, default=None)
     ap.add_argument("--log", default=None, help="also append progress to this file")
+    ap.add_argument("--init-from", default=None, help="start from this model folder (e.g. the shipped model)")
     args = ap.parse_args(argv)
     try:
         import faker  # noqa: F401
@@ -488,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         n_code=args.code,
         time_limit_min=args.time_limit_min,
         log_file=args.log,
+        init_from=args.init_from,
     )
     return 0
 
