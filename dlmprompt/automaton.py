@@ -233,6 +233,7 @@ def _check_python_regex(pattern: str, slot: str | None) -> str:
         body = body[2:]
     if body.endswith("\\Z") or body.endswith("\\z"):
         body = body[:-2]
+    body = _ascii_digits(body)
     parsed = _sre_parse.parse(body)
     bad = _find_unsupported(parsed)
     if bad:
@@ -242,6 +243,41 @@ def _check_python_regex(pattern: str, slot: str | None) -> str:
             slot=slot,
         )
     return body
+
+
+def _ascii_digits(pattern: str) -> str:
+    """``\\d`` means ``[0-9]`` (as in JSON Schema / ECMA-262), ``\\D`` its complement: structured
+    output wants ASCII digits, and Unicode's digit set changes between versions."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt == "d":
+                out.append("0-9" if in_class else "[0-9]")
+            elif nxt == "D" and not in_class:
+                out.append("[^0-9]")
+            else:
+                out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+            out.append(ch)
+            i += 1
+            if i < len(pattern) and pattern[i] == "^":
+                out.append("^")
+                i += 1
+            if i < len(pattern) and pattern[i] == "]":
+                out.append("]")
+                i += 1
+            continue
+        if ch == "]" and in_class:
+            in_class = False
+        out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 def _find_unsupported(parsed: object) -> str | None:

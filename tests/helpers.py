@@ -32,7 +32,7 @@ def check_result(program: Program, result) -> None:
         text = data.decode("utf-8")  # strict: every value is valid UTF-8
         c = s.constraint
         if isinstance(c, Regex):
-            assert re.fullmatch(c.pattern, text) is not None, f"{s.name}: {text!r} !~ {c.pattern!r}"
+            assert re.fullmatch(c.pattern, text, flags=re.ASCII) is not None, f"{s.name}: {text!r} !~ {c.pattern!r}"
         elif isinstance(c, Choice):
             assert text in c.options, f"{s.name}: {text!r} not in {c.options}"
         else:

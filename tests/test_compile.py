@@ -142,3 +142,13 @@ def test_automaton_classes_at_qwen_size(qwen_tok: Tokenizer) -> None:
     assert auto.step(auto.start, quote) >= 0
     assert auto.accepts(qwen_tok.encode('"hi there"')) and not auto.accepts(qwen_tok.encode('"hi'))
     assert np.all(auto.next_state < auto.n_states)
+
+
+def test_backslash_d_means_ascii_digits(qwen_tok: Tokenizer) -> None:
+    """As in JSON Schema patterns: structured output wants 0-9, whatever Unicode version."""
+    auto = compile(Prompt("n=", slot("n", regex=r"\d+", max_tokens=4)), qwen_tok).slots[0].automaton
+    assert auto.accepts(qwen_tok.encode("42") + [qwen_tok.pad_id] * 2)
+    for text in ["٣", "७", "𞓱"]:
+        assert not auto.accepts(qwen_tok.encode(text)), text
+    neg = compile(Prompt("n=", slot("n", regex=r"\D", tokens=1)), qwen_tok).slots[0].automaton
+    assert not neg.accepts(qwen_tok.encode("7")) and neg.accepts(qwen_tok.encode("x"))
