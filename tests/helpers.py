@@ -6,7 +6,19 @@ import re
 
 import numpy as np
 
-from dlmprompt import Choice, FreeText, Program, Regex
+from dlmprompt import Choice, FreeText, Program, Prompt, Regex, slot
+
+# anchors, a regex slot, a choice slot and free text: what every backend test generates
+MIXED_PROMPT = (
+    Prompt("Name: ")
+    + slot("name", regex="[A-Z][a-z]+", max_tokens=5)
+    + ", age "
+    + slot("age", regex="[0-9]+", max_tokens=3)
+    + ". Color: "
+    + slot("color", choice=["red", "blue"], max_tokens=2)
+    + "? "
+    + slot("free", max_tokens=4)
+)
 
 
 def check_result(program: Program, result) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import check_result
+from helpers import MIXED_PROMPT, check_result
 
 import dlmprompt
 from dlmprompt import BackendError, Prompt, compile, generate, slot
@@ -53,16 +53,7 @@ def tiny_modernbert(tmp_path_factory):
 def test_masked_lm_loads_by_path_and_generates_constrained(tiny_modernbert) -> None:
     den = dlmprompt.load(tiny_modernbert)
     assert den.mask_id == den.tokenizer.mask_id == 0
-    p = (
-        Prompt("Name: ")
-        + slot("name", regex="[A-Z][a-z]+", max_tokens=5)
-        + ", age "
-        + slot("age", regex="[0-9]+", max_tokens=3)
-        + ". Color: "
-        + slot("color", choice=["red", "blue"], max_tokens=2)
-        + "? "
-        + slot("free", max_tokens=4)
-    )
+    p = MIXED_PROMPT
     progs = [compile(p.with_sampling(steps=s, temperature=t), den.tokenizer) for s, t in [(4, 0.0), (14, 1.0)]]
     results = generate(den, progs, generator=torch.Generator().manual_seed(0))
     for prog, res in zip(progs, results):

@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 import torch
-from helpers import check_result
+from helpers import MIXED_PROMPT, check_result
 
 import dlmprompt
-from dlmprompt import BackendError, Prompt, compile, generate, slot
+from dlmprompt import BackendError, compile, generate
 
 CONFIG_SRC = """
 from transformers import PretrainedConfig
@@ -109,18 +109,6 @@ def _save(tmp_path, model_type: str, mask_in_tokenizer: bool):
     return out, mask_id
 
 
-PROMPT = (
-    Prompt("Name: ")
-    + slot("name", regex="[A-Z][a-z]+", max_tokens=5)
-    + ", age "
-    + slot("age", regex="[0-9]+", max_tokens=3)
-    + ". Color: "
-    + slot("color", choice=["red", "blue"], max_tokens=2)
-    + "? "
-    + slot("free", max_tokens=4)
-)
-
-
 @pytest.mark.parametrize(("model_type", "family", "shift"), [("llada", "llada", False), ("dream", "dream", True)])
 def test_remote_code_family_loads_and_generates(tmp_path, model_type, family, shift) -> None:
     path, mask_id = _save(tmp_path, model_type, mask_in_tokenizer=model_type == "llada")
@@ -130,7 +118,9 @@ def test_remote_code_family_loads_and_generates(tmp_path, model_type, family, sh
     assert (den.family, den.shift) == (family, shift)
     assert den.mask_id == mask_id  # from the tokenizer (LLaDA) or the model config (Dream)
     assert den.tokenizer.bos_id is not None  # position 0 holds BOS, needed by shifted models
-    progs = [compile(PROMPT.with_sampling(steps=s, temperature=t), den.tokenizer) for s, t in [(5, 0.0), (14, 1.0)]]
+    progs = [
+        compile(MIXED_PROMPT.with_sampling(steps=s, temperature=t), den.tokenizer) for s, t in [(5, 0.0), (14, 1.0)]
+    ]
     for prog, res in zip(progs, generate(den, progs, generator=torch.Generator().manual_seed(0))):
         check_result(prog, res)
         assert res.canvas[0] == den.tokenizer.bos_id
