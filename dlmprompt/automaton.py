@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -343,52 +344,10 @@ def _vocab_for(tokenizer: Tokenizer) -> _Vocab:
     return v
 
 
-def regex_automaton(pattern: str, tokenizer: Tokenizer, *, slot: str | None = None) -> TokenAutomaton:
-    """The token automaton of ``pattern`` (full match) over ``tokenizer``'s vocabulary; cached."""
-    key = ("regex:" + pattern, tokenizer.identity)
-    hit = _AUTOMATA.get(key)
-    if hit is not None:
-        _AUTOMATA.move_to_end(key)
-        return hit
-    body = _check_python_regex(pattern, slot)
-    import outlines_core
-
-    vocab = _vocab_for(tokenizer)
-    try:
-        index = outlines_core.Index(body, vocab.vocab)
-    except (ValueError, RuntimeError) as exc:
-        msg = str(exc)
-        if "incompatible" in msg and "characters: []" in msg:
-            raise CompileError(f"the pattern {pattern!r} matches no string; no value is possible", slot=slot) from None
-        if "incompatible" in msg:
-            raise CompileError(
-                f"the tokenizer cannot spell some strings the regex needs: {msg.split('. This may')[0]}",
-                slot=slot,
-            ) from None
-        raise CompileError(
-            f"regex {pattern!r} cannot be compiled to an automaton ({msg}); use plain regular syntax: "
-            "literals, classes, groups, |, ?, *, +, {m,n}",
-            slot=slot,
-        ) from None
-    auto = _dense(
-        index.get_transitions(),
-        index.get_initial_state(),
-        set(index.get_final_states()),
-        vocab.size,
-        {vocab.eos},
-        description=f"regex {pattern!r}",
-    )
-    _AUTOMATA[key] = auto
-    while len(_AUTOMATA) > _CACHE_SIZE:
-        _AUTOMATA.popitem(last=False)
-    return auto
-
-
-def choice_automaton(options: tuple[str, ...], tokenizer: Tokenizer, *, slot: str | None = None) -> TokenAutomaton:
-    if not options:
-        raise CompileError("choice needs at least one option; got an empty list", slot=slot)
-    pattern = "(?:" + "|".join(escape_literal(o) for o in options) + ")"
-    key = ("choice:" + pattern, tokenizer.identity)
+def _index_automaton(
+    key: tuple[str, str], pattern: str, tokenizer: Tokenizer, description: str, on_error: Callable[[str], CompileError]
+) -> TokenAutomaton:
+    """outlines-core index of ``pattern`` -> dense class tables, through the LRU cache."""
     hit = _AUTOMATA.get(key)
     if hit is not None:
         _AUTOMATA.move_to_end(key)
@@ -399,21 +358,55 @@ def choice_automaton(options: tuple[str, ...], tokenizer: Tokenizer, *, slot: st
     try:
         index = outlines_core.Index(pattern, vocab.vocab)
     except (ValueError, RuntimeError) as exc:
-        raise CompileError(
-            f"the tokenizer cannot spell every option: {str(exc).split('. This may')[0]}", slot=slot
-        ) from None
+        raise on_error(str(exc)) from None
     auto = _dense(
         index.get_transitions(),
         index.get_initial_state(),
         set(index.get_final_states()),
         vocab.size,
         {vocab.eos},
-        description=f"choice {list(options)!r}",
+        description=description,
     )
     _AUTOMATA[key] = auto
     while len(_AUTOMATA) > _CACHE_SIZE:
         _AUTOMATA.popitem(last=False)
     return auto
+
+
+def regex_automaton(pattern: str, tokenizer: Tokenizer, *, slot: str | None = None) -> TokenAutomaton:
+    """The token automaton of ``pattern`` (full match) over ``tokenizer``'s vocabulary; cached."""
+    key = ("regex:" + pattern, tokenizer.identity)
+    if key in _AUTOMATA:
+        return _index_automaton(key, pattern, tokenizer, "", CompileError)
+    body = _check_python_regex(pattern, slot)
+
+    def error(msg: str) -> CompileError:
+        if "incompatible" in msg and "characters: []" in msg:
+            return CompileError(f"the pattern {pattern!r} matches no string; no value is possible", slot=slot)
+        if "incompatible" in msg:
+            return CompileError(
+                f"the tokenizer cannot spell some strings the regex needs: {msg.split('. This may')[0]}", slot=slot
+            )
+        return CompileError(
+            f"regex {pattern!r} cannot be compiled to an automaton ({msg}); use plain regular syntax: "
+            "literals, classes, groups, |, ?, *, +, {m,n}",
+            slot=slot,
+        )
+
+    return _index_automaton(key, body, tokenizer, f"regex {pattern!r}", error)
+
+
+def choice_automaton(options: tuple[str, ...], tokenizer: Tokenizer, *, slot: str | None = None) -> TokenAutomaton:
+    if not options:
+        raise CompileError("choice needs at least one option; got an empty list", slot=slot)
+    pattern = "(?:" + "|".join(escape_literal(o) for o in options) + ")"
+
+    def error(msg: str) -> CompileError:
+        return CompileError(f"the tokenizer cannot spell every option: {msg.split('. This may')[0]}", slot=slot)
+
+    return _index_automaton(
+        ("choice:" + pattern, tokenizer.identity), pattern, tokenizer, f"choice {list(options)!r}", error
+    )
 
 
 def free_text_automaton(tokenizer: Tokenizer) -> TokenAutomaton:

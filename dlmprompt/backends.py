@@ -58,9 +58,6 @@ class TransformersDenoiser:
         return f"TransformersDenoiser({self.name!r}, family={self.family!r}, {self.tokenizer!r})"
 
 
-MaskedLMDenoiser = TransformersDenoiser  # the name used before other families existed
-
-
 def default_model_path() -> Path:
     """The folder of the embedded default model inside the installed package."""
     return Path(str(resources.files("dlmprompt") / "default_model"))

@@ -30,7 +30,7 @@ def _live(tok, program, live: bool):  # type: ignore[no-untyped-def]
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from . import Prompt, load, slot
+    from . import Prompt, compile, load, slot
     from .records import extraction_prompt
     from .sampler import generate
 
@@ -45,7 +45,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"1. Extraction: a typed record from text, keys as anchors, values as typed slots\n   Text: {text}")
     program = extraction_prompt("person", text).with_sampling(temperature=0.0)
     t = time.perf_counter()
-    result = generate(denoiser, program, generator=g, on_step=_live(tok, compile_(program, tok), live))
+    result = generate(denoiser, program, generator=g, on_step=_live(tok, compile(program, tok), live))
     if live:
         print()
     print("   Record:", result.text.split("Record: ", 1)[1])
@@ -62,19 +62,13 @@ def _demo(args: argparse.Namespace) -> int:
         + "\n"
     )
     t = time.perf_counter()
-    result = generate(denoiser, code, generator=g, on_step=_live(tok, compile_(code, tok), live))
+    result = generate(denoiser, code, generator=g, on_step=_live(tok, compile(code, tok), live))
     if live:
         print()
     print("   " + result.text.replace("\n", "\n   "))
     print(f"   {result.steps} denoising steps, {result.forward_passes} forward passes, {time.perf_counter() - t:.2f} s")
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def compile_(prompt, tok):  # type: ignore[no-untyped-def]
-    from .compiler import compile
-
-    return compile(prompt, tok)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -214,16 +214,14 @@ class _Row:
         cls = _classes(auto, dev)
         c = auto.n_classes
         greedy = temp == 0
-        two = temp > 0 and temp != 1.0  # separate sampling and confidence distributions
+        two = temp > 0 and temp != 1.0  # tempered sampling distribution
+        # a sampling distribution of its own (tempered masses, or per-class maxima when greedy)
+        separate = two or (greedy and not auto.trivial)
         pos_t = torch.from_numpy(pos).to(dev)
         # pass 1: log-normalisers and log class masses of every masked position of the slot
         lse = torch.empty(len(pos), dtype=torch.float32, device=dev)
         log_mass = torch.empty(len(pos), c, dtype=torch.float64, device=dev)
-        log_mass_s = (
-            torch.empty(len(pos), c, dtype=torch.float64, device=dev)
-            if (two or (greedy and not auto.trivial))
-            else log_mass
-        )
+        log_mass_s = torch.empty(len(pos), c, dtype=torch.float64, device=dev) if separate else log_mass
         for i in range(0, len(pos), _CHUNK):
             lg = _clean(logits[pos_t[i : i + _CHUNK], :v])
             lse[i : i + _CHUNK] = torch.logsumexp(lg, dim=1)
@@ -231,14 +229,10 @@ class _Row:
             if two:
                 lgs = lg.double() / temp
                 log_mass_s[i : i + _CHUNK] = self._log_class_mass(lgs, torch.logsumexp(lgs, dim=1), cls, auto)
-            elif greedy and not auto.trivial:
+            elif separate:
                 log_mass_s[i : i + _CHUNK] = self._log_class_max(lg, lse[i : i + _CHUNK], cls, auto)
         log_mass = np.maximum(log_mass.cpu().numpy(), FLOOR)
-        log_mass_s = (
-            np.maximum(log_mass_s.cpu().numpy(), FLOOR)
-            if log_mass_s is not None and (two or (greedy and not auto.trivial))
-            else log_mass
-        )
+        log_mass_s = np.maximum(log_mass_s.cpu().numpy(), FLOOR) if separate else log_mass
         if auto.trivial:
             classes = np.zeros(len(pos), dtype=np.int64)
             logw = -log_mass
@@ -252,7 +246,7 @@ class _Row:
                 log_mass_s,
                 noise=noise,
                 want=want,
-                logP_conf=log_mass if (two or greedy) else None,
+                logP_conf=log_mass if separate else None,
             )
             classes = res.classes
             logw = res.logw  # type: ignore[assignment]
