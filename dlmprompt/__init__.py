@@ -16,7 +16,8 @@ from .errors import (
     SpecError,
     TokenizerError,
 )
-from .spec import Choice, FreeText, Guidance, Length, Prompt, Regex, Sampling, Slot, Text, slot
+from .schema import SchemaError, compile_schema
+from .spec import Choice, FreeText, Guidance, Json, Length, Prompt, Regex, Sampling, Slot, Text, slot
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "FreeText",
     "GrammarError",
     "Guidance",
+    "Json",
     "Layout",
     "Length",
     "Program",
@@ -59,6 +61,7 @@ __all__ = [
     "Result",
     "Sampling",
     "Schedule",
+    "SchemaError",
     "Slot",
     "SlotLayout",
     "SpecError",
@@ -67,6 +70,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "compile",
+    "compile_schema",
     "from_transformers",
     "generate",
     "load",

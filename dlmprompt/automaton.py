@@ -6,9 +6,10 @@ at the Qwen2.5 vocabulary has ~55 of them for 151k tokens), so per-position work
 vocabulary is a single segment-sum of probabilities into classes, and everything after that
 works on ``classes x states`` tables.
 
-Regex -> byte DFA -> token DFA is done by outlines-core's ``Index`` (Rust). This module turns its
-transitions into dense class tables, trims dead states, adds the pad tail of "at most n" slots,
-and answers length questions. No torch here.
+Regex -> byte DFA is outlines-core's ``Index`` (Rust) over the 256 single bytes; byte DFA ->
+token DFA is a vectorised walk of the vocabulary here (milliseconds at 151k tokens). This module
+also trims dead states, adds the pad tail of "at most n" slots and answers length questions.
+No torch here.
 """
 
 from __future__ import annotations
@@ -124,74 +125,6 @@ class TokenAutomaton:
 
 
 # --------------------------------------------------------------------------- construction
-
-
-def _dense(
-    transitions: dict[int, dict[int, int]],
-    start_raw: int,
-    finals_raw: set[int],
-    vocab_size: int,
-    drop_tokens: set[int],
-    description: str,
-) -> TokenAutomaton:
-    """Dense class tables from an outlines-core transition dict; trims dead states."""
-    states = sorted(set(transitions) | {start_raw} | set(finals_raw))
-    for d in transitions.values():
-        states.extend(d.values())
-    states = sorted(set(states))
-    index = {s: i for i, s in enumerate(states)}
-    q = len(states)
-    # successor relation for trimming
-    succ: list[set[int]] = [set() for _ in range(q)]
-    for s, d in transitions.items():
-        si = index[s]
-        for t, s2 in d.items():
-            if t not in drop_tokens:
-                succ[si].add(index[s2])
-    accept = np.zeros(q, dtype=bool)
-    for f in finals_raw:
-        accept[index[f]] = True
-    reachable = _closure([index[start_raw]], succ)
-    pred: list[set[int]] = [set() for _ in range(q)]
-    for s, ss in enumerate(succ):
-        for s2 in ss:
-            pred[s2].add(s)
-    live = _closure([int(i) for i in np.nonzero(accept)[0]], pred)
-    keep = sorted(reachable & live)
-    if index[start_raw] not in keep:
-        keep = [index[start_raw]]  # empty language; callers report it
-    renum = {old: new for new, old in enumerate(keep)}
-    qk = len(keep)
-    table = np.full((vocab_size, qk), -1, dtype=np.int32)
-    for s, d in transitions.items():
-        si = index[s]
-        if si not in renum:
-            continue
-        col = renum[si]
-        if not d:
-            continue
-        toks = np.fromiter(d.keys(), dtype=np.int64, count=len(d))
-        tgts = np.fromiter((renum.get(index[x], -1) for x in d.values()), dtype=np.int32, count=len(d))
-        inside = toks < vocab_size
-        table[toks[inside], col] = tgts[inside]
-    for t in drop_tokens:
-        if 0 <= t < vocab_size:
-            table[t, :] = -1
-    return _from_table(table, renum[index[start_raw]], accept[keep], description)
-
-
-def _from_table(table: np.ndarray, start: int, accept: np.ndarray, description: str) -> TokenAutomaton:
-    q = table.shape[1]
-    rows = np.ascontiguousarray(table).view(np.dtype((np.void, 4 * q))).ravel()
-    uniq, inverse = np.unique(rows, return_inverse=True)
-    sigs = uniq.view(np.int32).reshape(-1, q)
-    allowed_cls = (sigs >= 0).any(axis=1)
-    remap = np.full(len(sigs), -1, dtype=np.int32)
-    remap[allowed_cls] = np.arange(int(allowed_cls.sum()), dtype=np.int32)
-    token_class = remap[inverse.ravel()].astype(np.int32)
-    next_state = np.ascontiguousarray(sigs[allowed_cls].astype(np.int32))
-    trivial = q == 1 and next_state.shape[0] == 1 and bool(accept[0]) and int(next_state[0, 0]) == 0
-    return TokenAutomaton(token_class, next_state, start, accept.astype(bool), description, trivial=trivial)
 
 
 def _closure(seeds: list[int], edges: list[set[int]]) -> set[int]:
@@ -314,23 +247,27 @@ def escape_literal(text: str) -> str:
 
 
 class _Vocab:
-    """outlines-core vocabulary of one tokenizer, built once."""
+    """The tokenizer's byte strings grouped by length (``ids``, ``bytes [n, length]``), built once.
+
+    Special tokens (no bytes) are never part of a text automaton."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        import outlines_core
-
-        mapping: dict[bytes, list[int]] = {}
-        for i, tb in enumerate(tokenizer.token_bytes):
-            if tb:
-                mapping.setdefault(tb, []).append(i)
-        self.eos = len(tokenizer.token_bytes)  # an id outside the vocabulary: its edges are dropped
-        self.vocab = outlines_core.Vocabulary(self.eos, mapping)
-        self.size = len(tokenizer.token_bytes)
+        tb = [b or b"" for b in tokenizer.token_bytes]
+        self.size = len(tb)
+        lens = np.fromiter((len(b) for b in tb), dtype=np.int64, count=len(tb))
+        self.groups: list[tuple[np.ndarray, np.ndarray]] = []
+        for n in np.unique(lens):
+            if n == 0:
+                continue
+            ids = np.nonzero(lens == n)[0]
+            mat = np.frombuffer(b"".join(tb[i] for i in ids), dtype=np.uint8).reshape(len(ids), int(n))
+            self.groups.append((ids, mat))
 
 
 _VOCABS: OrderedDict[str, _Vocab] = OrderedDict()
 _AUTOMATA: OrderedDict[tuple[str, str], TokenAutomaton] = OrderedDict()
-_CACHE_SIZE = 256
+_BYTE_DFAS: OrderedDict[str, tuple[np.ndarray, int, np.ndarray]] = OrderedDict()
+_CACHE_SIZE = 512
 
 
 def _vocab_for(tokenizer: Tokenizer) -> _Vocab:
@@ -344,29 +281,186 @@ def _vocab_for(tokenizer: Tokenizer) -> _Vocab:
     return v
 
 
+def _byte_dfa(pattern: str) -> tuple[np.ndarray, int, np.ndarray]:
+    """The byte-level DFA of ``pattern``: ``table[q, byte]`` (state ``Q`` is dead), start, accept.
+
+    Built by outlines-core (Rust) over a vocabulary of the 256 single bytes, which takes
+    milliseconds; the walk over the real vocabulary is done here, vectorised (:func:`_token_dfa`)."""
+    hit = _BYTE_DFAS.get(pattern)
+    if hit is not None:
+        _BYTE_DFAS.move_to_end(pattern)
+        return hit
+    import outlines_core
+
+    global _BYTE_VOCAB
+    if _BYTE_VOCAB is None:
+        _BYTE_VOCAB = outlines_core.Vocabulary(256, {bytes([b]): [b] for b in range(256)})
+    # outlines-core (0.2.x) drops the edges that leave an accepting state towards a non-accepting
+    # one (``(?:ab)?`` loses its "a"). So the pattern is indexed followed by an end marker, where
+    # only the marker's last byte reaches acceptance, and a state accepts iff the marker's bytes
+    # lead from it to acceptance (w.M is in L.M iff w is in L, for any L)
+    index = outlines_core.Index(f"(?:{pattern}){_END_MARK}", _BYTE_VOCAB)
+    trans = index.get_transitions()
+    init = index.get_initial_state()
+    finals = set(index.get_final_states())
+    states = sorted(set(trans) | {init} | finals | {s2 for d in trans.values() for s2 in d.values()})
+    number = {x: i for i, x in enumerate(states)}
+    q = len(states)
+    table = np.full((q + 1, 256), q, dtype=np.int32)
+    for x, d in trans.items():
+        row = table[number[x]]
+        for b, x2 in d.items():
+            if b < 256:
+                row[b] = number[x2]
+    final = np.zeros(q + 1, dtype=bool)
+    for f in finals:
+        final[number[f]] = True
+    cur = np.arange(q + 1)
+    for byte in _END_MARK.encode():
+        cur = table[cur, byte]
+    accept = final[cur]
+    accept[q] = False
+    out = (table, number[init], accept)
+    _BYTE_DFAS[pattern] = out
+    while len(_BYTE_DFAS) > _CACHE_SIZE:
+        _BYTE_DFAS.popitem(last=False)
+    return out
+
+
+_BYTE_VOCAB = None
+_END_MARK = "\U0010ffff"  # a noncharacter: texts holding it are the only ones this can narrow
+_POS_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**62, size=4096, dtype=np.int64) | 1
+_LEN_WEIGHT = np.int64(0x2545F4914F6CDD1D)
+
+
+def _token_dfa(pattern: str, tokenizer: Tokenizer, description: str) -> TokenAutomaton:
+    """Regex -> byte DFA -> token DFA with token classes.
+
+    Bytes with the same column in the byte DFA form byte classes; tokens of one length with the
+    same byte-class sequence behave alike, so each such sequence is walked once, for all states
+    at once (numpy), and tokens with equal results from every state share a token class."""
+    table, start, accept = _byte_dfa(pattern)
+    q = table.shape[0] - 1
+    cols, byte_class = np.unique(table.T, axis=0, return_inverse=True)
+    byte_class = byte_class.ravel()
+    by_class = np.ascontiguousarray(cols.T)  # [Q+1, byte classes]
+    vocab = _vocab_for(tokenizer)
+    # one int64 key per token from its byte-class sequence; equal keys are checked to be equal
+    keys = np.zeros(vocab.size, dtype=np.int64)
+    has = np.zeros(vocab.size, dtype=bool)
+    classes_of: list[np.ndarray] = []
+    for ids, mat in vocab.groups:
+        cls = byte_class[mat].astype(np.int64)
+        classes_of.append(cls)
+        with np.errstate(over="ignore"):
+            keys[ids] = (cls * _POS_WEIGHTS[: cls.shape[1]]).sum(axis=1) + cls.shape[1] * _LEN_WEIGHT
+        has[ids] = True
+    if not has.any():
+        sig = np.zeros((0, q), dtype=np.int32)
+        return _from_signatures(sig, np.full(vocab.size, -1, dtype=np.int64), start, accept[:q], q, description)
+    _uniq_keys, first, inverse = np.unique(keys[has], return_index=True, return_inverse=True)
+    rep_token = np.nonzero(has)[0][first]  # one token per distinct sequence
+    row_of = np.full(vocab.size, -1, dtype=np.int64)
+    row_of[has] = inverse.ravel()
+    sig = np.empty((len(rep_token), q), dtype=np.int32)
+    states = np.arange(q, dtype=np.int32)[None, :]
+    for (ids, _mat), cls in zip(vocab.groups, classes_of):
+        rows = row_of[ids]
+        reps = rep_token[rows]
+        pos_in_group = np.searchsorted(ids, reps)
+        if not (
+            (pos_in_group < len(ids)).all()
+            and np.array_equal(ids[np.minimum(pos_in_group, len(ids) - 1)], reps)
+            and np.array_equal(cls[pos_in_group], cls)
+        ):  # pragma: no cover - a key collision: walk this group token by token
+            mine = np.arange(len(ids))
+            pos_in_group = mine
+            row_of[ids] = len(sig) + mine
+            sig = np.concatenate([sig, np.empty((len(ids), q), dtype=np.int32)])
+            rows = row_of[ids]
+        todo, where = np.unique(rows, return_index=True)
+        cur = np.repeat(states, len(todo), axis=0)
+        seqs = cls[pos_in_group[where]]
+        for p in range(seqs.shape[1]):
+            cur = by_class[cur, seqs[:, p][:, None]]
+        sig[todo] = cur
+    return _from_signatures(sig, row_of, start, accept[:q], q, description)
+
+
+def _unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, axis=0, return_inverse=True)`` (rows in any order), fast: rows are hashed to
+    int64 by a fixed random projection, and the grouping is checked exactly afterwards."""
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        uniq, inverse = np.unique(a, axis=0, return_inverse=True)
+        return uniq, inverse.ravel()
+    rng = np.random.default_rng(0x5EED)
+    weights = rng.integers(1, 2**62, size=a.shape[1], dtype=np.int64) | 1
+    with np.errstate(over="ignore"):
+        h = (a.astype(np.int64) * weights).sum(axis=1) + (a.astype(np.int64) ** 2 * weights[::-1]).sum(axis=1)
+    _keys, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    uniq = a[first]
+    if not np.array_equal(uniq[inverse], a):  # pragma: no cover - a hash collision
+        uniq, inverse = np.unique(a, axis=0, return_inverse=True)
+    return uniq, inverse.ravel()
+
+
+def _from_signatures(
+    sig: np.ndarray, row_of: np.ndarray, start: int, accept: np.ndarray, dead: int, description: str
+) -> TokenAutomaton:
+    """Token classes from per-row transition signatures (``sig[r, s]``, ``dead`` = not allowed):
+    keep states reachable from the start that can still reach acceptance, merge equal rows."""
+    uniq, inverse = _unique_rows(sig)
+    q = sig.shape[1]
+    succ: list[set[int]] = [set() for _ in range(q)]
+    pred: list[set[int]] = [set() for _ in range(q)]
+    for s in range(q):
+        targets = np.unique(uniq[:, s])
+        for t in targets[targets != dead]:
+            succ[s].add(int(t))
+            pred[int(t)].add(s)
+    reachable = _closure([start], succ)
+    live = _closure([int(i) for i in np.nonzero(accept)[0]], pred)
+    keep = sorted(reachable & live)
+    if start not in keep:
+        keep = [start]  # empty language; callers report it
+    remap = np.full(q + 1, -1, dtype=np.int32)
+    remap[keep] = np.arange(len(keep), dtype=np.int32)
+    remap[dead] = -1
+    table = remap[uniq[:, keep]]  # [rows, kept states], -1 = not allowed
+    classes, cls_of_row = _unique_rows(table)
+    allowed = (classes >= 0).any(axis=1)
+    renum = np.full(len(classes), -1, dtype=np.int32)
+    renum[allowed] = np.arange(int(allowed.sum()), dtype=np.int32)
+    token_class = np.full(len(row_of), -1, dtype=np.int32)
+    has = row_of >= 0
+    token_class[has] = renum[cls_of_row[inverse[row_of[has]]]]
+    next_state = np.ascontiguousarray(classes[allowed].astype(np.int32))
+    acc = accept[keep].astype(bool)
+    trivial = len(keep) == 1 and next_state.shape[0] == 1 and bool(acc[0]) and int(next_state[0, 0]) == 0
+    return TokenAutomaton(token_class, next_state, remap[start], acc, description, trivial=trivial)
+
+
 def _index_automaton(
     key: tuple[str, str], pattern: str, tokenizer: Tokenizer, description: str, on_error: Callable[[str], CompileError]
 ) -> TokenAutomaton:
-    """outlines-core index of ``pattern`` -> dense class tables, through the LRU cache."""
+    """The token automaton of ``pattern`` through the LRU cache."""
     hit = _AUTOMATA.get(key)
     if hit is not None:
         _AUTOMATA.move_to_end(key)
         return hit
-    import outlines_core
-
-    vocab = _vocab_for(tokenizer)
     try:
-        index = outlines_core.Index(pattern, vocab.vocab)
+        auto = _token_dfa(pattern, tokenizer, description)
     except (ValueError, RuntimeError) as exc:
         raise on_error(str(exc)) from None
-    auto = _dense(
-        index.get_transitions(),
-        index.get_initial_state(),
-        set(index.get_final_states()),
-        vocab.size,
-        {vocab.eos},
-        description=description,
-    )
+    if not auto.feasible_lengths(auto.n_states).any():
+        table, start, accept = _byte_dfa(pattern)
+        seen, todo = {start}, [start]
+        while todo:
+            for nxt in set(table[todo.pop()].tolist()) - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        if accept[sorted(seen)].any():
+            raise on_error("unspellable")
     _AUTOMATA[key] = auto
     while len(_AUTOMATA) > _CACHE_SIZE:
         _AUTOMATA.popitem(last=False)
@@ -381,6 +475,8 @@ def regex_automaton(pattern: str, tokenizer: Tokenizer, *, slot: str | None = No
     body = _check_python_regex(pattern, slot)
 
     def error(msg: str) -> CompileError:
+        if msg == "unspellable":
+            return CompileError(f"the tokenizer cannot spell any string the pattern {pattern!r} matches", slot=slot)
         if "incompatible" in msg and "characters: []" in msg:
             return CompileError(f"the pattern {pattern!r} matches no string; no value is possible", slot=slot)
         if "incompatible" in msg:

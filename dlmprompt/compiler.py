@@ -20,7 +20,7 @@ from .automaton import (
     unconstrained_automaton,
 )
 from .errors import CompileError, SpecError
-from .spec import Choice, FreeText, Prompt, Regex, Sampling, Slot, Text
+from .spec import Choice, FreeText, Json, Prompt, Regex, Sampling, Slot, Text
 from .tokenizer import Tokenizer, as_tokenizer
 
 
@@ -35,10 +35,22 @@ class SlotLayout:
     mode: str  # "exact" | "at_most"
     automaton: TokenAutomaton
     constraint: Any  # the spec constraint it came from
+    parent: str | None = None  # the JSON slot this span is a value of (None: a slot of its own)
 
     @property
     def stop(self) -> int:
         return self.start + self.length
+
+
+@dataclass(frozen=True, eq=False)
+class JsonSpan:
+    """A JSON slot on the canvas: its template's anchors and value spans from ``start`` to ``stop``."""
+
+    name: str
+    start: int
+    stop: int
+    constraint: Any  # spec.Json
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,10 +101,16 @@ class Program:
     tokenizer: Tokenizer
     mask_id: int
     pad_id: int | None
+    json_slots: tuple[JsonSpan, ...] = ()
 
     @property
     def slots(self) -> tuple[SlotLayout, ...]:
         return self.layout.slots
+
+    @property
+    def notes(self) -> list[str]:
+        """What the JSON Schema compiler narrowed or approximated, per JSON slot."""
+        return [f"slot {j.name!r} {n}" for j in self.json_slots for n in j.notes]
 
     def slot(self, name: str) -> SlotLayout:
         for s in self.layout.slots:
@@ -187,12 +205,18 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
             seen_slot = True
             parts.append(part)
 
+    json_spans: list[JsonSpan] = []
     for part in parts:
         if isinstance(part, Text):
             toks = tok.encode(part.text)
             ids.extend(toks)
             slot_of.extend([-1] * len(toks))
             prompt_flags.extend([bool(part.prompt)] * len(toks))
+            continue
+        if isinstance(part.constraint, Json):
+            start = len(ids)
+            notes = _lay_out_json(part, tok, constrained, mask_id, ids, slot_of, prompt_flags, slots)
+            json_spans.append(JsonSpan(part.name, start, len(ids), part.constraint, tuple(notes)))
             continue
         auto = _automaton(part, tok, constrained)
         n = part.length.tokens
@@ -228,7 +252,78 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
         slots=tuple(slots),
     )
     schedule = _schedule(layout, sampling, cfg_scale)
-    return Program(prompt, layout, schedule, tok, mask_id, tok.pad_id)
+    return Program(prompt, layout, schedule, tok, mask_id, tok.pad_id, tuple(json_spans))
+
+
+_LEAF_KINDS = {"string", "integer", "number", "boolean", "null", "enum"}
+
+
+def _lay_out_json(
+    part: Slot,
+    tok: Tokenizer,
+    constrained: bool,
+    mask_id: int,
+    ids: list[int],
+    slot_of: list[int],
+    prompt_flags: list[bool],
+    slots: list[SlotLayout],
+) -> list[str]:
+    """Append a JSON slot's template: anchors as fixed tokens, each hole as an "at most" span."""
+    from .schema import SchemaError, compile_schema
+
+    c = part.constraint
+    try:
+        template = compile_schema(
+            c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties
+        )
+    except SchemaError as exc:
+        raise SchemaError(str(exc).split(": ", 1)[1], path=exc.path, slot=part.name) from None
+    if tok.pad_id is None:
+        raise CompileError(f"a schema slot needs a pad token and {tok.name} has neither pad nor EOS", slot=part.name)
+    cap = part.length.tokens
+    for k, piece in enumerate(template.parts):
+        if isinstance(piece, str):
+            toks = tok.encode(piece)
+            ids.extend(toks)
+            slot_of.extend([-1] * len(toks))
+            prompt_flags.extend([False] * len(toks))
+            continue
+        budget = cap if piece.kind in _LEAF_KINDS else 3 * cap
+        if constrained:
+            auto = regex_automaton(piece.regex, tok, slot=part.name).with_pad(tok.pad_id)
+            n = max(budget, _shortest(auto, part.name, piece.path))
+        else:
+            auto = unconstrained_automaton(tok, with_pad=True)
+            n = budget
+        slots.append(
+            SlotLayout(
+                name=f"{part.name}#{k}",
+                index=len(slots),
+                start=len(ids),
+                length=n,
+                mode="at_most",
+                automaton=auto,
+                constraint=Regex(pattern=piece.regex),
+                parent=part.name,
+            )
+        )
+        ids.extend([mask_id] * n)
+        slot_of.extend([len(slots) - 1] * n)
+        prompt_flags.extend([False] * n)
+    return template.notes
+
+
+def _shortest(auto: TokenAutomaton, slot: str, path: str) -> int:
+    """The fewest tokens a value of ``auto`` needs (pad tail included, so any longer span works)."""
+    limit = 64
+    while limit <= 4096:
+        ok = np.nonzero(auto.feasible_lengths(limit))[0]
+        if len(ok):
+            return int(ok[0])
+        limit *= 4
+    raise CompileError(
+        f"the value at {path or '/'} has no spelling of at most 4096 tokens with this tokenizer", slot=slot
+    )
 
 
 def _automaton(part: Slot, tok: Tokenizer, constrained: bool) -> TokenAutomaton:
@@ -283,6 +378,8 @@ def _describe(part: Slot) -> str:
 
 def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float) -> Schedule:
     positions = np.nonzero(layout.slot_of >= 0)[0]
+    if len(positions) == 0:  # everything is fixed (e.g. a schema slot whose value is a const)
+        return Schedule((), (), sampling.threshold, sampling.strategy, sampling.temperature, cfg_scale)
     first, last = int(positions[0]), int(positions[-1]) + 1
     if sampling.block_length is None:
         blocks = [(first, last)]

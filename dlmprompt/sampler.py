@@ -55,6 +55,21 @@ class Capture:
     text: str
     tokens: tuple[int, ...]
     span: tuple[int, int]
+    constraint: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def value(self) -> Any:
+        """The typed value: for a JSON slot the parsed JSON, or the pydantic model instance when
+        the slot was made from a model in this process; otherwise the text."""
+        from .spec import Json, model_of
+
+        if not isinstance(self.constraint, Json):
+            return self.text
+        import json
+
+        data = json.loads(self.text)
+        model = model_of(self.constraint)
+        return data if model is None else model.model_validate(data)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +92,13 @@ class Result:
     @property
     def values(self) -> dict[str, str]:
         return {k: c.text for k, c in self.captures.items()}
+
+    def value(self, name: str) -> Any:
+        """The typed value of a slot (parsed JSON / pydantic instance for a schema slot)."""
+        try:
+            return self.captures[name].value
+        except KeyError:
+            raise KeyError(f"no slot {name!r}; slots are {list(self.captures)}") from None
 
 
 class _Classes:
@@ -326,14 +348,27 @@ class _Row:
                 seg = seg[: seg.index(prog.pad_id)]
             data = tok.decode_bytes(seg)
             pieces.append(data)
-            captures[slot.name] = Capture(
-                name=slot.name,
-                text=data.decode("utf-8", errors="replace"),
-                tokens=tuple(seg),
-                span=(slot.start, slot.stop),
-            )
+            if slot.parent is None:
+                captures[slot.name] = Capture(
+                    name=slot.name,
+                    text=data.decode("utf-8", errors="replace"),
+                    tokens=tuple(seg),
+                    span=(slot.start, slot.stop),
+                    constraint=slot.constraint,
+                )
             cursor = slot.stop
         pieces.append(tok.decode_bytes(self.canvas[cursor:].tolist()))
+        for js in prog.json_slots:
+            seg = [t for t in self.canvas[js.start : js.stop].tolist() if t != prog.pad_id]
+            captures[js.name] = Capture(
+                name=js.name,
+                text=tok.decode_bytes(seg).decode("utf-8", errors="replace"),
+                tokens=tuple(seg),
+                span=(js.start, js.stop),
+                constraint=js.constraint,
+            )
+        order = [s.name for s in prog.spec.slots]
+        captures = {k: captures[k] for k in order if k in captures}
         return Result(
             text=b"".join(pieces).decode("utf-8", errors="replace"),
             captures=captures,

@@ -58,7 +58,29 @@ class Choice(_Model):
     options: tuple[str, ...]
 
 
-Constraint = Annotated[Union[FreeText, Regex, Choice], Field(discriminator="type")]
+class Json(_Model):
+    """The slot holds one JSON value valid under ``schema`` (a JSON Schema; pydantic models are
+    turned into theirs by :func:`slot`).
+
+    The compiler lays the schema out as a template: fixed structure becomes anchors, each leaf
+    value its own constrained span (see :mod:`dlmprompt.schema`). ``indent``: ``None`` for
+    compact JSON, else spaces per level. ``additional_properties``: ``None`` follows the schema,
+    ``False`` never writes properties the schema does not name. ``lenient`` approximates a few
+    unsupported keywords instead of refusing them (listed in the compiled program's notes).
+    ``model``: the pydantic model's import path, when the schema came from one.
+    """
+
+    type: Literal["json"] = "json"
+    json_schema: Union[dict[str, Any], bool] = Field(alias="schema")
+    indent: int | None = Field(default=None, ge=0, le=8)
+    lenient: bool = False
+    additional_properties: bool | None = None
+    model: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+
+Constraint = Annotated[Union[FreeText, Regex, Choice, Json], Field(discriminator="type")]
 
 
 class Length(_Model):
@@ -263,20 +285,39 @@ def slot(
     *,
     regex: str | None = None,
     choice: Iterable[str] | None = None,
+    schema: Any = None,
     max_tokens: int | None = None,
     tokens: int | None = None,
+    indent: int | None = None,
+    lenient: bool = False,
+    additional_properties: bool | None = None,
 ) -> Any:
     """Make a slot.
 
-    Give one constraint (``regex=`` or ``choice=``; neither means free text) and one length
-    (``max_tokens=n``: value then pad; ``tokens=n``: exactly n tokens). Without a name it returns
-    a :class:`SlotArgs` for :meth:`Prompt.format`.
+    Give one constraint (``regex=``, ``choice=`` or ``schema=``; none means free text) and one
+    length (``max_tokens=n``: value then pad; ``tokens=n``: exactly n tokens). Without a name it
+    returns a :class:`SlotArgs` for :meth:`Prompt.format`.
+
+    ``schema=`` takes a JSON Schema dict or a pydantic model class; ``max_tokens`` is then the
+    budget of each value in the template (default 16; parts of unknown structure get 3 times
+    that), and ``indent`` / ``lenient`` / ``additional_properties`` are passed to :class:`Json`.
     """
-    kwargs = {"regex": regex, "choice": choice, "max_tokens": max_tokens, "tokens": tokens}
+    kwargs = {
+        "regex": regex,
+        "choice": choice,
+        "schema": schema,
+        "max_tokens": max_tokens,
+        "tokens": tokens,
+        "indent": indent,
+        "lenient": lenient,
+        "additional_properties": additional_properties,
+    }
     if name is None:
         return SlotArgs(**kwargs)
-    if regex is not None and choice is not None:
-        raise SpecError(f"slot {name!r}: give regex= or choice=, not both")
+    if sum(x is not None for x in (regex, choice, schema)) > 1:
+        raise SpecError(f"slot {name!r}: give one of regex=, choice= or schema=, not both")
+    if schema is not None:
+        return _json_slot(name, schema, max_tokens, tokens, indent, lenient, additional_properties)
     if (max_tokens is None) == (tokens is None):
         raise SpecError(f"slot {name!r}: give exactly one length, max_tokens=N (value then pad) or tokens=N (exact)")
     constraint: FreeText | Regex | Choice
@@ -300,6 +341,52 @@ def slot(
         return Slot(name=name, constraint=constraint, length=length)
     except ValidationError as exc:
         raise SpecError(_explain(exc)) from None
+
+
+_MODELS: dict[str, type] = {}  # pydantic classes by import path, for typed results in this process
+
+
+def model_of(constraint: Json) -> type | None:
+    """The pydantic class a JSON slot was made from (in this process), if any."""
+    return _MODELS.get(constraint.model) if constraint.model else None
+
+
+def _json_slot(
+    name: str,
+    schema: Any,
+    max_tokens: int | None,
+    tokens: int | None,
+    indent: int | None,
+    lenient: bool,
+    additional_properties: bool | None,
+) -> Slot:
+    if tokens is not None:
+        raise SpecError(f"slot {name!r}: a schema slot takes max_tokens= (the budget of each value), not tokens=")
+    model = None
+    if isinstance(schema, type):
+        if not issubclass(schema, BaseModel):
+            raise SpecError(f"slot {name!r}: schema= takes a JSON Schema dict or a pydantic model class")
+        model = f"{schema.__module__}:{schema.__qualname__}"
+        _MODELS[model] = schema
+        try:
+            schema_dict: Any = schema.model_json_schema()
+        except Exception as exc:  # pydantic cannot describe the model
+            raise SpecError(f"slot {name!r}: pydantic cannot make a JSON Schema of {schema.__name__}: {exc}") from None
+        if additional_properties is None:
+            additional_properties = False  # pydantic ignores extra keys anyway
+    elif isinstance(schema, (dict, bool)):
+        schema_dict = schema
+    else:
+        raise SpecError(
+            f"slot {name!r}: schema= takes a JSON Schema dict or a pydantic model class; got {type(schema).__name__}"
+        )
+    try:
+        constraint = Json(
+            schema=schema_dict, indent=indent, lenient=lenient, additional_properties=additional_properties, model=model
+        )
+        return Slot(name=name, constraint=constraint, length=Length(mode="at_most", tokens=max_tokens or 16))
+    except ValidationError as exc:
+        raise SpecError(f"slot {name!r}: {_explain(exc)}") from None
 
 
 def _coerce_parts(items: Iterable[Any]) -> list[Any]:

@@ -482,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-steps", type=int, default=3200)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (lower it to continue a trained model)")
     ap.add_argument("--records", type=int, default=120_000)
     ap.add_argument("--code", type=int, default=6000)
     ap.add_argument("--time-limit-min", type=float, default=None)
@@ -498,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
+        lr=args.lr,
         n_records=args.records,
         n_code=args.code,
         time_limit_min=args.time_limit_min,

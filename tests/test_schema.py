@@ -1,0 +1,408 @@
+"""JSON Schema / pydantic slots: soundness (nothing invalid is ever accepted or generated),
+completeness on the shapes we claim, clear refusals, and typed results."""
+
+from __future__ import annotations
+
+import enum
+import glob
+import json
+import os
+import random
+import re
+from typing import Literal
+
+import jsonschema
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, Field
+
+from dlmprompt import Prompt, compile, slot
+from dlmprompt.errors import CompileError
+from dlmprompt.sampler import generate
+from dlmprompt.schema import SchemaError, _int_range, compile_schema, texts_for
+from dlmprompt.testing import RandomDenoiser
+
+SAMPLE = 60  # shared JSONSchemaBench files in the suite (the benchmark runs them all)
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "jsonschemabench")
+
+
+def _validator(schema):
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _accepted(program, schema, instance) -> bool:
+    """Whether the program's token automata accept some text of ``instance`` (schema key order)."""
+    template = compile_schema(schema, **_options(program))
+    tok = program.tokenizer
+    holes = [s for s in program.layout.slots if s.parent == "value"]
+    for text in texts_for(instance, schema, indent=template_indent(program)):
+        m = re.fullmatch(template.regex, text, flags=re.S)
+        if m is None:
+            continue
+        if all(s.automaton.accepts(tok.encode(g)) for s, g in zip(holes, m.groups())):
+            return True
+    return False
+
+
+def _options(program) -> dict:
+    c = program.json_slots[0].constraint
+    return {"indent": c.indent, "lenient": c.lenient, "additional_properties": c.additional_properties}
+
+
+def template_indent(program):
+    return program.json_slots[0].constraint.indent
+
+
+def _generate_valid(tok, schema, seeds=range(2), **kw):
+    den = RandomDenoiser(tok)
+    prog = compile(Prompt("JSON: ") + slot("value", schema=schema, max_tokens=8, **kw), tok, tokens_per_step=64)
+    v = _validator(schema if not isinstance(schema, type) else schema.model_json_schema())
+    out = []
+    for seed in seeds:
+        den.seed = seed
+        res = generate(den, prog, generator=torch.Generator().manual_seed(seed))
+        data = json.loads(res["value"])
+        errors = list(v.iter_errors(data))
+        assert not errors, f"generated {res['value']!r}: {errors[0].message}"
+        out.append(res)
+    return out
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+@given(
+    lo=st.one_of(st.none(), st.integers(-(10**7), 10**7)),
+    hi=st.one_of(st.none(), st.integers(-(10**7), 10**7)),
+    xs=st.lists(st.integers(-(10**8), 10**8), min_size=1, max_size=20),
+)
+def test_integer_ranges_are_exact(lo, hi, xs):
+    r = _int_range(lo, hi)
+    if lo is not None and hi is not None and lo > hi:
+        assert r is None
+        return
+    rx = re.compile(r)
+    for x in xs + [v for v in (lo, hi) if v is not None] + [0, -1, 1]:
+        inside = (lo is None or x >= lo) and (hi is None or x <= hi)
+        assert bool(rx.fullmatch(str(x))) == inside, (lo, hi, x)
+    assert not rx.fullmatch("-0") and not rx.fullmatch("007")
+
+
+@given(
+    lo=st.one_of(st.none(), st.integers(-50, 50)),
+    hi=st.one_of(st.none(), st.integers(-50, 50)),
+    ex_lo=st.booleans(),
+    ex_hi=st.booleans(),
+    xs=st.lists(st.decimals(-80, 80, places=3, allow_nan=False), min_size=1, max_size=20),
+)
+def test_number_bounds_are_sound_and_complete_without_exponents(lo, hi, ex_lo, ex_hi, xs):
+    schema: dict = {"type": "number"}
+    if lo is not None:
+        schema["exclusiveMinimum" if ex_lo else "minimum"] = lo
+    if hi is not None:
+        schema["exclusiveMaximum" if ex_hi else "maximum"] = hi
+    try:
+        t = compile_schema(schema)
+    except SchemaError:
+        assert lo is not None and hi is not None
+        return
+    rx = re.compile(t.regex)
+    v = _validator(schema)
+    for x in xs:
+        text = format(x, "f")
+        if text.startswith("-") and float(x) == 0:
+            continue
+        assert bool(rx.fullmatch(text)) == v.is_valid(json.loads(text)), (schema, text)
+
+
+# ---------------------------------------------------------------------------- soundness on random JSON
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.floats(-1e3, 1e3, allow_nan=False) | st.text(max_size=6),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from("abcxy"), children, max_size=3),
+    max_leaves=8,
+)
+
+leaf_schemas = st.one_of(
+    st.just({"type": "string"}),
+    st.builds(
+        lambda a, b: {"type": "string", "minLength": a, "maxLength": a + b}, st.integers(0, 3), st.integers(0, 3)
+    ),
+    st.just({"type": "string", "pattern": "^[a-c]+$"}),
+    st.just({"type": "string", "pattern": "x"}),
+    st.builds(
+        lambda a, b: {"type": "integer", "minimum": a, "maximum": a + b}, st.integers(-20, 20), st.integers(0, 40)
+    ),
+    st.just({"type": "number"}),
+    st.just({"type": "boolean"}),
+    st.just({"type": "null"}),
+    st.just({"enum": ["a", 1, None, [1, 2], {"k": "v"}]}),
+    st.just({"const": "x"}),
+    st.just({}),
+)
+
+
+def _schema_strategy():
+    def extend(children):
+        obj = st.builds(
+            lambda props, req, extra: {
+                "type": "object",
+                "properties": props,
+                "required": [k for k in props if k in req],
+                **({} if extra is None else {"additionalProperties": extra}),
+            },
+            st.dictionaries(st.sampled_from("abcxy"), children, max_size=3),
+            st.sets(st.sampled_from("abcxy")),
+            st.sampled_from([None, False, {"type": "integer"}]),
+        )
+        arr = st.builds(
+            lambda items, lo, extra: {"type": "array", "items": items, "minItems": lo, "maxItems": lo + extra},
+            children,
+            st.integers(0, 2),
+            st.integers(0, 2),
+        )
+        anyof = st.builds(lambda a, b: {"anyOf": [a, b]}, children, children)
+        return obj | arr | anyof
+
+    return st.recursive(leaf_schemas, extend, max_leaves=5)
+
+
+@given(schema=_schema_strategy(), values=st.lists(json_values, min_size=1, max_size=6))
+def test_random_schemas_accept_only_valid_json(schema, values):
+    """Soundness: whatever JSON the compiled regex accepts is valid under the schema."""
+    try:
+        t = compile_schema(schema)
+    except SchemaError:
+        return
+    rx = re.compile(t.regex, re.S)
+    v = _validator(schema)
+    for value in values:
+        for text in texts_for(value, schema):
+            if rx.fullmatch(text):
+                assert v.is_valid(value), (schema, text)
+
+
+def _draw_instance(draw, schema):
+    """A valid instance of a schema from ``_schema_strategy`` (written here, for those shapes)."""
+    if "anyOf" in schema:
+        return _draw_instance(draw, draw(st.sampled_from(schema["anyOf"])))
+    if "enum" in schema:
+        return draw(st.sampled_from(schema["enum"]))
+    if "const" in schema:
+        return schema["const"]
+    t = schema.get("type")
+    if t is None:
+        return draw(json_values)
+    if t == "string":
+        if "pattern" in schema:
+            return draw(st.from_regex(schema["pattern"].strip("^$"), fullmatch=True).filter(lambda x: "\n" not in x))
+        return draw(st.text(min_size=schema.get("minLength", 0), max_size=schema.get("maxLength", 8)))
+    if t == "integer":
+        return draw(st.integers(schema.get("minimum", -(10**6)), schema.get("maximum", 10**6)))
+    if t == "number":
+        return draw(st.floats(-1e6, 1e6, allow_nan=False))
+    if t == "boolean":
+        return draw(st.booleans())
+    if t == "null":
+        return None
+    if t == "array":
+        n = draw(st.integers(schema["minItems"], schema["maxItems"]))
+        return [_draw_instance(draw, schema["items"]) for _ in range(n)]
+    out = {}
+    for k, sub in schema["properties"].items():
+        if k in schema["required"] or draw(st.booleans()):
+            out[k] = _draw_instance(draw, sub)
+    extra = schema.get("additionalProperties", True)
+    if extra is not False and draw(st.booleans()):
+        out["zz"] = draw(st.integers(-5, 5))
+    return out
+
+
+@given(schema=_schema_strategy(), data=st.data())
+def test_random_schemas_accept_their_valid_instances(schema, data):
+    """Completeness on these shapes: valid instances are accepted (numbers with exponents and
+    1.0 for an integer are the known narrowings)."""
+    try:
+        t = compile_schema(schema)
+    except SchemaError:
+        return
+    rx = re.compile(t.regex, re.S)
+    value = data.draw(st.builds(lambda: None).flatmap(lambda _: st.composite(lambda d: _draw_instance(d, schema))()))
+    assert _validator(schema).is_valid(value), (schema, value)
+    texts = texts_for(value, schema)
+    if any(re.search(r"[0-9][eE][+-]?[0-9]", x) for x in texts):
+        return
+    if any(
+        "never written" in n or "only after" in n or "shallow" in n or "levels deep" in n or "without escapes" in n
+        for n in t.notes
+    ):
+        return  # a narrowing the compiler reported
+    assert any(rx.fullmatch(x) for x in texts), (schema, texts)
+
+
+@settings(max_examples=40)
+@given(schema=_schema_strategy(), seed=st.integers(0, 10**6))
+def test_random_schemas_generate_valid_json(byte_tok, schema, seed):
+    try:
+        compile_schema(schema)
+    except SchemaError:
+        return
+    _generate_valid(byte_tok, schema, seeds=[seed % 1000])
+
+
+# ---------------------------------------------------------------------------- the shared benchmark files
+
+
+def _bench_sample(n: int) -> list[str]:
+    files = sorted(glob.glob(os.path.join(BENCH, "*.json")))
+    if not files:
+        pytest.skip(f"no JSONSchemaBench files under {BENCH}")
+    return sorted(random.Random(7).sample(files, min(n, len(files))))
+
+
+def test_jsonschemabench_sample(byte_tok):
+    """A seeded sample of the shared files: every invalid instance rejected by the token
+    automata, valid ones accepted, one generation per schema valid under ``jsonschema``."""
+    stats = {"compiled": 0, "refused": 0, "valid": 0, "valid_ok": 0, "invalid": 0, "generated": 0}
+    den = RandomDenoiser(byte_tok)
+    for path in _bench_sample(SAMPLE):
+        case = json.load(open(path))
+        schema = case["schema"]
+        try:
+            prog = compile(Prompt(slot("value", schema=schema, max_tokens=8)), byte_tok, tokens_per_step=512)
+        except CompileError as exc:
+            assert str(exc), "a refusal carries a reason"
+            stats["refused"] += 1
+            continue
+        stats["compiled"] += 1
+        for test in case["tests"]:
+            ok = _accepted(prog, schema, test["data"])
+            if test["valid"]:
+                stats["valid"] += 1
+                stats["valid_ok"] += ok
+            else:
+                stats["invalid"] += 1
+                assert not ok, f"{os.path.basename(path)}: invalid instance accepted: {test['data']!r}"
+        if len(prog.layout) <= 1500:
+            res = generate(den, prog, generator=torch.Generator().manual_seed(0))
+            errors = list(_validator(schema).iter_errors(json.loads(res["value"])))
+            assert not errors, f"{os.path.basename(path)}: generated {res['value'][:200]!r}: {errors[0].message}"
+            stats["generated"] += 1
+    assert stats["compiled"] >= 0.7 * SAMPLE, stats
+    # completeness is not at the goal yet (99.5 %): large optional structures are narrowed until
+    # context-free regions land; this guards the level reached (77 % on this sample)
+    assert stats["valid_ok"] >= 0.7 * stats["valid"], stats
+    assert stats["generated"] >= 0.9 * stats["compiled"], stats
+
+
+# ---------------------------------------------------------------------------- pydantic
+
+
+class Color(enum.Enum):
+    red = "red"
+    green = "green"
+
+
+class Address(BaseModel):
+    city: str = Field(min_length=1, max_length=20)
+    zip: str = Field(pattern=r"^[0-9]{5}$")
+
+
+class Person(BaseModel):
+    name: str
+    age: int = Field(ge=0, le=130)
+    kind: Literal["customer", "staff"]
+    color: Color
+    email: str | None = None
+    tags: list[str] = Field(default_factory=list, max_length=3)
+    address: Address
+    previous: list[Address] = Field(default_factory=list, max_length=2)
+    score: float = Field(ge=0, le=10)
+    active: bool
+
+
+def test_pydantic_slot_returns_validated_instances(byte_tok):
+    for res in _generate_valid(byte_tok, Person, seeds=range(4)):
+        person = res.value("value")
+        assert isinstance(person, Person)
+        assert 0 <= person.age <= 130 and re.fullmatch(r"[0-9]{5}", person.address.zip)
+        assert res.captures["value"].text == res["value"]
+
+
+def test_pydantic_slot_in_a_prompt_with_other_slots(byte_tok):
+    prompt = Prompt("Doc: Ann, 31.\nNote: ") + slot("note", max_tokens=3) + "\nRecord: " + slot("rec", schema=Address)
+    prog = compile(prompt, byte_tok, tokens_per_step=32)
+    res = generate(RandomDenoiser(byte_tok), prog)
+    assert isinstance(res.value("rec"), Address)
+    assert set(res.captures) == {"note", "rec"}
+    assert res.text.endswith(res["rec"])
+
+
+def test_indented_template(byte_tok):
+    schema = Address.model_json_schema()
+    (res,) = _generate_valid(byte_tok, schema, seeds=[0], indent=2)
+    assert res["value"].startswith('{\n  "city": "')
+
+
+# ---------------------------------------------------------------------------- refusals and notes
+
+
+@pytest.mark.parametrize(
+    ("schema", "needle"),
+    [
+        ({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, "/a"),
+        ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "uniqueItems"),
+        ({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]}, "oneOf"),
+        ({"$ref": "http://example.com/x.json"}, "local reference"),
+        ({"$ref": "#/definitions/missing"}, "points to nothing"),
+        ({"type": "number", "minimum": 0.5}, "whole number"),
+        ({"type": "integer", "multipleOf": 3}, "multipleOf"),
+    ],
+)
+def test_unsupported_schemas_are_refused_with_the_path(byte_tok, schema, needle):
+    with pytest.raises(SchemaError, match=re.escape(needle)) as info:
+        compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert info.value.slot == "value"
+
+
+def test_lenient_approximates_and_says_so(byte_tok):
+    schema = {"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]}
+    prog = compile(Prompt(slot("value", schema=schema, lenient=True)), byte_tok)
+    assert any("oneOf treated as anyOf" in n for n in prog.notes)
+
+
+def test_disjoint_oneof_is_exact(byte_tok):
+    schema = {
+        "oneOf": [
+            {"type": "object", "properties": {"kind": {"const": "a"}, "x": {"type": "integer"}}, "required": ["kind"]},
+            {"type": "object", "properties": {"kind": {"const": "b"}, "y": {"type": "string"}}, "required": ["kind"]},
+        ]
+    }
+    _generate_valid(byte_tok, schema, seeds=range(3), additional_properties=False)
+
+
+def test_recursive_schema_is_cut_and_stays_valid(byte_tok):
+    schema = {
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+                "required": ["v"],
+                "additionalProperties": False,
+            }
+        },
+        "$ref": "#/$defs/node",
+    }
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert any("recursion" in n for n in prog.notes)
+    _generate_valid(byte_tok, schema, seeds=range(3))
+
+
+def test_schema_slot_spec_round_trips_json():
+    prompt = Prompt("x ") + slot("rec", schema=Address, indent=2)
+    again = Prompt.from_json(prompt.model_dump_json())
+    assert again == prompt
+    assert again.slots[0].constraint.json_schema["properties"]["zip"]["pattern"] == "^[0-9]{5}$"
