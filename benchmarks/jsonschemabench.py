@@ -38,9 +38,9 @@ from typing import Any
 import torch
 
 from dlmprompt import Prompt, compile, slot
+from dlmprompt.compiler import json_accepts
 from dlmprompt.errors import CompileError
 from dlmprompt.sampler import generate
-from dlmprompt.schema import compile_schema, texts_for
 from dlmprompt.testing import RandomDenoiser
 from dlmprompt.tokenizer import qwen25_encoding, qwen25_tokenizer
 
@@ -76,19 +76,6 @@ def load_files(data: str, limit: int | None, seed: int) -> list[str]:
     if limit is not None and limit < len(files):
         files = sorted(random.Random(seed).sample(files, limit))
     return files
-
-
-def hole_accepts(program: Any, template: Any, text: str) -> tuple[bool, bool]:
-    """(Python re accepts, token automata accept) for one JSON text."""
-    m = re.fullmatch(template.regex, text, flags=re.S)
-    if m is None:
-        return False, False
-    tok = program.tokenizer
-    holes = [s for s in program.layout.slots if s.parent == "value"]
-    for s, group in zip(holes, m.groups()):
-        if not s.automaton.accepts([*tok.encode(group), program.pad_id] if group else [program.pad_id]):
-            return True, False
-    return True, True
 
 
 def validator(schema: Any) -> Any:
@@ -132,7 +119,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         try:
             program = compile(Prompt(slot("value", schema=schema, max_tokens=args.value_tokens)), tok)
-            template = compile_schema(schema)
         except CompileError as exc:
             signal.alarm(0)
             refusals[_reason(str(exc))] += 1
@@ -154,11 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ok_re = ok_auto = False
                 signal.alarm(args.timeout)
                 try:
-                    for text in texts_for(test["data"], schema):
-                        a, b = hole_accepts(program, template, text)
-                        ok_re, ok_auto = ok_re or a, ok_auto or b
-                        if a and b:
-                            break
+                    ok_re, ok_auto = json_accepts(program, "value", test["data"])
                 except _Timeout:
                     problems.append(f"{os.path.basename(path)}: acceptance check timed out")
                 signal.alarm(0)
@@ -235,13 +217,16 @@ def _summary(c: collections.Counter, times: list[float]) -> dict[str, Any]:
 
 
 def _tokenizer_from(path: str) -> Any:
+    """'default': the embedded model's tokenizer; otherwise a folder with a Hugging Face tokenizer."""
+    if path == "default":
+        from dlmprompt import load
+
+        return load().tokenizer
+    from transformers import AutoTokenizer
+
     from dlmprompt.tokenizer import Tokenizer
 
-    if path == "default":
-        from dlmprompt.backends import default_model_path
-
-        path = str(default_model_path())
-    return Tokenizer.from_hf(path)
+    return Tokenizer.from_hf(AutoTokenizer.from_pretrained(path))
 
 
 def _llguidance(tok: Any) -> Any:

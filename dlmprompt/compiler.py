@@ -277,7 +277,7 @@ def _lay_out_json(
             c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties
         )
     except SchemaError as exc:
-        raise SchemaError(str(exc).split(": ", 1)[1], path=exc.path, slot=part.name) from None
+        raise SchemaError(exc.reason, path=exc.path, slot=part.name) from None
     if tok.pad_id is None:
         raise CompileError(f"a schema slot needs a pad token and {tok.name} has neither pad nor EOS", slot=part.name)
     cap = part.length.tokens
@@ -311,6 +311,33 @@ def _lay_out_json(
         slot_of.extend([len(slots) - 1] * n)
         prompt_flags.extend([False] * n)
     return template.notes
+
+
+def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool]:
+    """Whether JSON slot ``name`` can hold ``instance``, as written in the slot's layout (its key
+    order and whitespace): (the template regex matches some text of it, Python ``re``; the slot's
+    token automata accept that text). The second is the constraint the sampler enforces."""
+    import re
+
+    from .schema import compile_schema, texts_for
+
+    span = next((j for j in program.json_slots if j.name == name), None)
+    if span is None:
+        raise KeyError(f"no JSON slot {name!r}; JSON slots are {[j.name for j in program.json_slots]}")
+    c = span.constraint
+    template = compile_schema(
+        c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties
+    )
+    holes = [s for s in program.layout.slots if s.parent == name]
+    matched = False
+    for text in texts_for(instance, c.json_schema, indent=c.indent):
+        m = re.fullmatch(template.regex, text, flags=re.S)
+        if m is None:
+            continue
+        matched = True
+        if all(s.automaton.accepts(program.tokenizer.encode(g)) for s, g in zip(holes, m.groups())):
+            return True, True
+    return matched, False
 
 
 def _shortest(auto: TokenAutomaton, slot: str, path: str) -> int:

@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from .automaton import escape_literal
 from .errors import CompileError
@@ -38,6 +40,7 @@ class SchemaError(CompileError):
 
     def __init__(self, message: str, *, path: str = "", slot: str | None = None) -> None:
         self.path = path or "/"
+        self.reason = message
         super().__init__(f"at {self.path}: {message}", slot=slot)
 
 
@@ -255,7 +258,7 @@ def _cls_char(cp: int) -> str:
     return chr(cp)
 
 
-def _pattern_regex(pattern: str) -> str:
+def _pattern_regex(pattern: str, notes: list[str]) -> str:
     """A JSON-string-content regex for an ECMA ``pattern`` (search semantics)."""
     try:
         parsed = _sre_parse.parse(pattern)
@@ -274,14 +277,11 @@ def _pattern_regex(pattern: str) -> str:
         end = bool(b) and str(b[-1][0]) == "AT" and str(b[-1][1]) in ("AT_END", "AT_END_STRING")
         if end:
             b = b[:-1]
-        out.append(("" if start else f"{_CHAR}*") + _emit(b) + ("" if end else f"{_CHAR}*"))
+        out.append(("" if start else f"{_CHAR}*") + _emit(b, notes) + ("" if end else f"{_CHAR}*"))
     return _alt(out)
 
 
-_NARROWED: list[str] = []  # narrowings made while emitting the current pattern
-
-
-def _emit(parsed: Any) -> str:
+def _emit(parsed: Any, notes: list[str]) -> str:
     out = []
     for op, av in parsed:
         name = str(op)
@@ -315,19 +315,19 @@ def _emit(parsed: Any) -> str:
         elif name == "SUBPATTERN":
             if av[1] or av[2]:
                 raise ValueError("inline flags")
-            out.append(f"(?:{_emit(av[-1])})")
+            out.append(f"(?:{_emit(av[-1], notes)})")
         elif name == "BRANCH":
-            out.append("(?:" + "|".join(_emit(b) for b in av[1]) + ")")
+            out.append("(?:" + "|".join(_emit(b, notes) for b in av[1]) + ")")
         elif name in ("MAX_REPEAT", "MIN_REPEAT"):
             lo, hi, sub = av
-            s = _emit(sub)
+            s = _emit(sub, notes)
             if lo > MAX_COUNTED:
                 raise ValueError(f"a repeat of at least {lo}")
             if hi == _sre_parse.MAXREPEAT:
                 rep = "*" if lo == 0 else ("+" if lo == 1 else f"{{{lo},}}")
             else:
                 if hi > MAX_COUNTED:
-                    _NARROWED.append(f"a pattern repeat of up to {hi} is written with at most {MAX_COUNTED}")
+                    notes.append(f"a pattern repeat of up to {hi} is written with at most {MAX_COUNTED}")
                     hi = MAX_COUNTED
                 rep = f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}"
             out.append(f"(?:{s}){rep}")
@@ -357,11 +357,7 @@ class Hole:
 
     regex: str
     path: str
-    kind: str  # "string" | "integer" | "number" | "boolean" | "enum" | "value"
-
-    @property
-    def fixed(self) -> bool:
-        return False
+    kind: str  # "string" | "integer" | "number" | "boolean" | "enum" | "property" | "properties" | "value"
 
 
 @dataclass
@@ -455,11 +451,6 @@ def as_schema(schema: Any) -> Any:
     return schema
 
 
-def regex_for_schema(schema: Any, **options: Any) -> str:
-    """One regex for every JSON text the schema accepts (as compiled here)."""
-    return compile_schema(schema, **options).regex
-
-
 # ---- helpers over schema dicts
 
 
@@ -477,8 +468,6 @@ def _resolve(ctx: _Ctx, schema: Any, path: str) -> tuple[Any, str | None]:
             raise ctx.refuse(path, f"$ref {ref!r}: only JSON-pointer references are supported")
         for raw in pointer[1:].split("/"):
             key = raw.replace("~1", "/").replace("~0", "~")
-            from urllib.parse import unquote
-
             key = unquote(key)
             if isinstance(target, dict) and key in target:
                 target = target[key]
@@ -579,26 +568,39 @@ def dump(value: Any, indent: int | None = None, depth: int = 0) -> str:
 # ---- template: fixed structure as anchors, the rest as holes
 
 
-def _template(ctx: _Ctx, schema: Any, path: str, depth: int) -> list[str | Hole] | None:
-    schema, ref = _resolve(ctx, schema, path)
-    if ref is not None:
-        if ctx.refs.count(ref) >= 2:
+def _schema_walker(fn: Callable[[_Ctx, Any, str, int], Any]) -> Callable[[_Ctx, Any, str, int], Any]:
+    """What :func:`_template` and :func:`_regex` do first: follow ``$ref`` (recursion cut after 2
+    levels), ``false`` has no value, check the keywords, fold ``allOf``; then ``fn``."""
+
+    def walk(ctx: _Ctx, schema: Any, path: str, depth: int) -> Any:
+        schema, ref = _resolve(ctx, schema, path)
+        if ref is not None:
+            if ctx.refs.count(ref) >= 2:
+                ctx.note(path, f"recursion through {ref} is cut after 2 levels")
+                return None
+            ctx.refs.append(ref)
+            try:
+                return walk(ctx, schema, path, depth)
+            finally:
+                ctx.refs.pop()
+        if schema is False:
             return None
-        ctx.refs.append(ref)
-        try:
-            return _template(ctx, schema, path, depth)
-        finally:
-            ctx.refs.pop()
+        if schema is not True and not isinstance(schema, dict):
+            raise ctx.refuse(path, f"a schema is an object or a boolean; got {json.dumps(schema)[:40]}")
+        if isinstance(schema, dict):
+            _check_keywords(ctx, schema, path)
+            if "allOf" in schema:
+                return walk(ctx, _merge_all(ctx, schema, path), path, depth)
+        return fn(ctx, schema, path, depth)
+
+    return walk
+
+
+@_schema_walker
+def _template(ctx: _Ctx, schema: Any, path: str, depth: int) -> list[str | Hole] | None:
     if schema is True or schema == {}:
         r = _regex(ctx, schema, path, depth)
         return None if r is None else [Hole(r, path, "value")]
-    if schema is False:
-        return None
-    if not isinstance(schema, dict):
-        raise ctx.refuse(path, f"a schema is an object or a boolean; got {json.dumps(schema)[:40]}")
-    _check_keywords(ctx, schema, path)
-    if "allOf" in schema:
-        return _template(ctx, _merge_all(ctx, schema, path), path, depth)
     if "const" in schema and not (set(schema) - _ANNOTATIONS - {"const", "type"}):
         if _regex(ctx, schema, path, depth) is None:
             return None
@@ -799,28 +801,12 @@ def _items_regex(
 # ---- regex for a whole value
 
 
+@_schema_walker
 def _regex(ctx: _Ctx, schema: Any, path: str, depth: int) -> str | None:
     """Regex of the JSON texts of values valid under ``schema``; ``None``: no value."""
-    schema, ref = _resolve(ctx, schema, path)
-    if ref is not None:
-        if ctx.refs.count(ref) >= 2:
-            ctx.note(path, f"recursion through {ref} is cut after 2 levels")
-            return None
-        ctx.refs.append(ref)
-        try:
-            return _regex(ctx, schema, path, depth)
-        finally:
-            ctx.refs.pop()
-    if schema is True or (isinstance(schema, dict) and not (set(schema) - _ANNOTATIONS)):
+    if schema is True or not (set(schema) - _ANNOTATIONS):
         ctx.note(path, f"any value: written at most {ANY_DEPTH + 1} levels deep")
         return _any(ctx, depth, ANY_DEPTH)
-    if schema is False:
-        return None
-    if not isinstance(schema, dict):
-        raise ctx.refuse(path, f"a schema is an object or a boolean; got {json.dumps(schema)[:40]}")
-    _check_keywords(ctx, schema, path)
-    if "allOf" in schema:
-        return _regex(ctx, _merge_all(ctx, schema, path), path, depth)
     if "anyOf" in schema or "oneOf" in schema:
         key = "anyOf" if "anyOf" in schema else "oneOf"
         branches = schema[key]
@@ -924,16 +910,14 @@ def _string(ctx: _Ctx, schema: dict[str, Any], path: str) -> str | None:
                 raise ctx.refuse(path, f"format {fmt!r} with minLength/maxLength is not supported")
         return _Q + r + _Q
     if fmt is not None:
-        if fmt in ("regex",):
-            pass
         ctx.note(path, f"format {fmt!r} is not checked (an annotation here)")
     if pattern is not None:
         if not isinstance(pattern, str):
             raise ctx.refuse(path, "'pattern' must be a string")
         try:
-            _NARROWED.clear()
-            body = _pattern_regex(pattern)
-            for n in _NARROWED:
+            narrowed: list[str] = []
+            body = _pattern_regex(pattern, narrowed)
+            for n in narrowed:
                 ctx.note(path, n)
         except ValueError as exc:
             raise ctx.refuse(path, f"pattern {pattern!r} cannot be compiled: {exc}") from None

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from dlmprompt import Prompt, compile, slot
+from dlmprompt.compiler import json_accepts
 from dlmprompt.errors import CompileError
 from dlmprompt.sampler import generate
 from dlmprompt.schema import SchemaError, _int_range, compile_schema, texts_for
@@ -35,25 +36,7 @@ def _validator(schema):
 
 def _accepted(program, schema, instance) -> bool:
     """Whether the program's token automata accept some text of ``instance`` (schema key order)."""
-    template = compile_schema(schema, **_options(program))
-    tok = program.tokenizer
-    holes = [s for s in program.layout.slots if s.parent == "value"]
-    for text in texts_for(instance, schema, indent=template_indent(program)):
-        m = re.fullmatch(template.regex, text, flags=re.S)
-        if m is None:
-            continue
-        if all(s.automaton.accepts(tok.encode(g)) for s, g in zip(holes, m.groups())):
-            return True
-    return False
-
-
-def _options(program) -> dict:
-    c = program.json_slots[0].constraint
-    return {"indent": c.indent, "lenient": c.lenient, "additional_properties": c.additional_properties}
-
-
-def template_indent(program):
-    return program.json_slots[0].constraint.indent
+    return json_accepts(program, "value", instance)[1]
 
 
 def _generate_valid(tok, schema, seeds=range(2), **kw):
