@@ -24,10 +24,12 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .backends import from_transformers, load
+    from .client import AsyncClient, Client, RemoteBackend, RemoteError, remote
     from .sampler import Capture, Result, Step, generate, sample
 
 _LAZY = {"sample", "generate", "Step", "Result", "Capture"}
 _BACKENDS = {"load", "from_transformers"}
+_CLIENT = {"Client", "AsyncClient", "RemoteBackend", "RemoteError", "remote"}
 
 
 def __getattr__(name: str) -> Any:
@@ -40,13 +42,19 @@ def __getattr__(name: str) -> Any:
         from . import backends
 
         return getattr(backends, name)
+    if name in _CLIENT:
+        from . import client
+
+        return getattr(client, name)
     raise AttributeError(f"module 'dlmprompt' has no attribute {name!r}")
 
 
 __all__ = [
+    "AsyncClient",
     "BackendError",
     "Capture",
     "Choice",
+    "Client",
     "CompileError",
     "DLMPromptError",
     "FreeText",
@@ -58,6 +66,8 @@ __all__ = [
     "Program",
     "Prompt",
     "Regex",
+    "RemoteBackend",
+    "RemoteError",
     "Result",
     "Sampling",
     "Schedule",
@@ -74,6 +84,7 @@ __all__ = [
     "from_transformers",
     "generate",
     "load",
+    "remote",
     "sample",
     "slot",
 ]

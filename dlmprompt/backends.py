@@ -116,11 +116,16 @@ def load(
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
 ) -> TransformersDenoiser:
-    """Load a denoiser: the embedded default model (no argument) or a local checkpoint folder.
+    """Load a denoiser: the embedded default model (no argument), a local checkpoint folder, or a
+    ``dlmprompt serve`` server by URL (``http://host:port``, a :class:`~dlmprompt.client.RemoteBackend`).
 
     The family (masked LM, LLaDA-style, Dream-style) is read from the config. LLaDA and Dream
     ship their model code with the checkpoint: pass ``trust_remote_code=True`` to run it.
     """
+    if isinstance(name_or_path, str) and name_or_path.startswith(("http://", "https://")):
+        from .client import remote
+
+        return remote(name_or_path)  # type: ignore[return-value]
     path = default_model_path() if name_or_path is None else Path(name_or_path)
     if not (path / "config.json").is_file():
         if name_or_path is None:

@@ -78,6 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--text", default=None, help="the document to extract a person record from")
     demo.add_argument("--no-live", action="store_true", help="print every step on its own line")
+    serve = sub.add_parser("serve", help="serve a model over HTTP (native and OpenAI-compatible APIs)")
+    serve.add_argument("--model", default=None, help="a local checkpoint folder (default: the embedded model)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $DLMPROMPT_API_KEY, else none)"
+    )
+    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: where the model loads)")
+    serve.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoint")
+    serve.add_argument("--max-batch", type=int, default=32, help="rows denoised together in one forward pass")
+    serve.add_argument("--max-queue", type=int, default=128, help="requests queued or running before 429")
+    serve.add_argument("--log-level", default="info")
     sub.add_parser("train-default", help="train the embedded default model (needs the train extra)", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train-default"]:  # its own parser takes every option (REMAINDER drops leading --opts)
@@ -87,6 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "serve":
+        import os
+
+        from .server import serve as run_server
+
+        run_server(
+            args.model,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key or os.environ.get("DLMPROMPT_API_KEY") or None,
+            device=args.device,
+            trust_remote_code=args.trust_remote_code,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+            log_level=args.log_level,
+        )
+        return 0
     return 2  # pragma: no cover
 
 

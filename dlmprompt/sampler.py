@@ -436,6 +436,9 @@ def sample(
     With one ``torch.Generator`` for several programs, each row gets its own generator seeded from
     it in order, exactly as if the programs ran one after another with that generator.
     """
+    if hasattr(denoiser, "remote_sample"):  # a dlmprompt server (dlmprompt.remote)
+        yield from denoiser.remote_sample(programs, generator)
+        return
     progs, _ = _as_programs(denoiser, programs)
     gens = _generators(generator, len(progs))
     rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
@@ -447,58 +450,68 @@ def _loop(denoiser: Any, rows: list[_Row]) -> Iterator[Step]:
         active = [r for r in rows if not r.done]
         if not active:
             return
-        seqs: list[np.ndarray] = []
-        owners: list[tuple[_Row, bool]] = []
-        for r in active:
-            seqs.append(r.canvas)
-            owners.append((r, False))
+        yield from forward_step(denoiser, active)
+
+
+def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
+    """One shared forward pass over rows that may hold different programs (and CFG twins), then
+    one denoising step per row. The batching engine of the server calls this with whatever rows
+    are in flight."""
+    seqs: list[np.ndarray] = []
+    owners: list[tuple[_Row, bool]] = []
+    for r in active:
+        seqs.append(r.canvas)
+        owners.append((r, False))
+        r.passes += 1
+        if r.sched.cfg_scale > 0:
+            seqs.append(r.uncond_canvas())
+            owners.append((r, True))
             r.passes += 1
-            if r.sched.cfg_scale > 0:
-                seqs.append(r.uncond_canvas())
-                owners.append((r, True))
-                r.passes += 1
-        width = max(len(s) for s in seqs)
-        pad = rows[0].program.pad_id if rows[0].program.pad_id is not None else 0
-        ids = np.full((len(seqs), width), pad, dtype=np.int64)
-        att = np.zeros((len(seqs), width), dtype=bool)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = s
-            att[i, : len(s)] = True
-        device = getattr(denoiser, "device", None)
-        ids_t = torch.from_numpy(ids)
-        att_t = torch.from_numpy(att)
-        if device is not None:
-            ids_t = ids_t.to(device)
-            att_t = att_t.to(device)
-        with torch.no_grad():
-            logits = denoiser(ids_t, att_t)
-        v = rows[0].program.tokenizer.vocab_size
-        if not isinstance(logits, torch.Tensor):
-            hint = " (a transformers model output: return its .logits)" if hasattr(logits, "logits") else ""
-            raise BackendError(
-                f"{describe(denoiser)} returned {type(logits).__name__}; expected a torch.Tensor of logits{hint}"
-            )
-        if logits.ndim != 3 or logits.shape[0] != len(seqs) or logits.shape[1] < width:
-            raise BackendError(
-                f"{describe(denoiser)} returned logits of shape {tuple(logits.shape)}; expected "
-                f"({len(seqs)}, {width}, >= {v})"
-            )
-        if logits.shape[2] < v:
-            raise BackendError(
-                f"{describe(denoiser)} scores {logits.shape[2]} tokens but the tokenizer has {v}; "
-                "use the model's own tokenizer"
-            )
-        by_row: dict[int, list[torch.Tensor]] = {}
-        for i, (r, _uncond) in enumerate(owners):
-            by_row.setdefault(r.row, []).append(logits[i, : len(r.canvas)])
-        for r in active:
-            parts = by_row[r.row]
-            lg = parts[0]
-            if len(parts) == 2:
-                s = r.sched.cfg_scale
-                un = parts[1].float()
-                lg = un + (s + 1.0) * (lg.float() - un)
-            yield r.step(lg)
+    width = max(len(s) for s in seqs)
+    first = active[0].program
+    pad = first.pad_id if first.pad_id is not None else 0
+    ids = np.full((len(seqs), width), pad, dtype=np.int64)
+    att = np.zeros((len(seqs), width), dtype=bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        att[i, : len(s)] = True
+    device = getattr(denoiser, "device", None)
+    ids_t = torch.from_numpy(ids)
+    att_t = torch.from_numpy(att)
+    if device is not None:
+        ids_t = ids_t.to(device)
+        att_t = att_t.to(device)
+    with torch.no_grad():
+        logits = denoiser(ids_t, att_t)
+    v = first.tokenizer.vocab_size
+    if not isinstance(logits, torch.Tensor):
+        hint = " (a transformers model output: return its .logits)" if hasattr(logits, "logits") else ""
+        raise BackendError(
+            f"{describe(denoiser)} returned {type(logits).__name__}; expected a torch.Tensor of logits{hint}"
+        )
+    if logits.ndim != 3 or logits.shape[0] != len(seqs) or logits.shape[1] < width:
+        raise BackendError(
+            f"{describe(denoiser)} returned logits of shape {tuple(logits.shape)}; expected "
+            f"({len(seqs)}, {width}, >= {v})"
+        )
+    if logits.shape[2] < v:
+        raise BackendError(
+            f"{describe(denoiser)} scores {logits.shape[2]} tokens but the tokenizer has {v}; "
+            "use the model's own tokenizer"
+        )
+    by_row: dict[int, list[torch.Tensor]] = {}
+    for i, (r, _uncond) in enumerate(owners):
+        by_row.setdefault(id(r), []).append(logits[i, : len(r.canvas)])
+    out: list[Step] = []
+    for r in active:
+        parts = by_row[id(r)]
+        lg = parts[0]
+        if len(parts) == 2:
+            s = r.sched.cfg_scale
+            un = parts[1].float()
+            lg = un + (s + 1.0) * (lg.float() - un)
+        out.append(r.step(lg))
+    return out
 
 
 def generate(
@@ -512,6 +525,8 @@ def generate(
 
     ``on_step`` is called with every :class:`Step` (a progress bar, a live view).
     """
+    if hasattr(denoiser, "remote_generate"):  # a dlmprompt server (dlmprompt.remote)
+        return denoiser.remote_generate(programs, generator, on_step)
     progs, single = _as_programs(denoiser, programs)
     gens = _generators(generator, len(progs))
     rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]

@@ -72,3 +72,24 @@ def test_gpu_step_benchmark_small_runs_on_cpu(tmp_path) -> None:
     for r in data["shapes"]:
         assert r["step_ms"] > 0 and r["step_ms_constrained"] > 0 and "overhead_pct" in r
     assert data["generation"]["constrained_ms"] > 0
+
+
+def test_serve_example_runs_as_written() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "serve_and_query.py")], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "remote backend: Person(" in out.stdout and "openai parse: Person(" in out.stdout
+    assert out.stdout.split("native stream: ")[1][:5].isdigit()
+
+
+def test_server_load_benchmark_small(tmp_path) -> None:
+    """`dlmprompt serve` as its own process (python -m dlmprompt serve) under a short load."""
+    path = tmp_path / "load.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "server_load.py"), "--clients", "4", "--duration", "4"]
+    out = subprocess.run([*cmd, "--json", str(path)], capture_output=True, text=True, check=False, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    data = json.loads(path.read_text())
+    assert data["ok"] >= 1 and data["invalid"] == 0 and data["errors"] == 0
+    assert data["ok"] + data["rejected_429"] == data["requests"] and data["mean_batch"] >= 1
+    assert "mean batch" in out.stdout

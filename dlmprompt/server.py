@@ -1,0 +1,738 @@
+"""``dlmprompt serve``: the sampler behind HTTP, constraints kept.
+
+Two APIs over one batching :class:`~dlmprompt.engine.Engine`:
+
+* the native API, ``POST /v1/generate``: a :class:`~dlmprompt.spec.Prompt` as JSON in, the result
+  with typed captures out; ``"stream": true`` sends one server-sent event per denoising step and a
+  final ``result`` event;
+* an OpenAI-compatible API, ``POST /v1/chat/completions`` and ``POST /v1/completions``, with
+  ``response_format`` (``json_schema`` / ``json_object``) and dlmprompt extras (``regex``,
+  ``choice``, a whole ``prompt`` spec) as extra body fields; ``GET /v1/models``.
+
+Plus ``GET /health`` and ``GET /metrics`` (Prometheus text). Requests are pydantic-validated JSON;
+nothing a request sends is executed or unpickled. Every refusal is a 4xx with a JSON body
+``{"error": {"message", "type", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import hmac
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .compiler import Program, compile
+from .engine import Engine, Job, QueueFull
+from .errors import DLMPromptError
+from .sampler import Result, Step
+from .spec import Json, Prompt, slot
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. Each bound is refused with a 4xx naming it."""
+
+    max_body_bytes: int = 1 << 20
+    max_canvas: int = 2048  # tokens on the compiled canvas
+    max_slots: int = 64
+    max_grammar_chars: int = 100_000  # a JSON schema, regex or choice list, as JSON text
+    max_steps: int = 1024
+    max_tokens: int = 1024  # a free-text / regex / choice answer, in tokens
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+
+
+def _error_body(message: str, type: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "code": code}}
+
+
+# ---------------------------------------------------------------------------------------------- requests
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerateRequest(_Req):
+    prompt: Prompt
+    seed: int | None = None
+    stream: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: Union[str, list[dict[str, Any]], None] = None
+
+
+class _JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str = "response"
+    json_schema: Union[dict[str, Any], None] = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaFormat | None = None
+
+
+class _OpenAIBase(BaseModel):
+    # OpenAI clients send many optional fields (n, top_p, stop, user, ...); unknown ones are
+    # accepted and ignored only when they do not change the result (see _check_unsupported)
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0)
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+    response_format: ResponseFormat | None = None
+    # dlmprompt extras (openai clients pass them with extra_body=...)
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    prompt_spec: Prompt | None = Field(default=None, alias="dlmprompt_prompt")
+    steps: int | None = Field(default=None, gt=0)
+
+
+class ChatRequest(_OpenAIBase):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_OpenAIBase):
+    prompt: str
+    suffix: str | None = None
+
+
+_IGNORED_OK = {"top_p", "user", "stop", "frequency_penalty", "presence_penalty", "logit_bias", "stream_options"}
+
+
+def _check_unsupported(req: BaseModel) -> None:
+    extra = sorted(set(req.model_extra or {}) - _IGNORED_OK)
+    if extra:
+        raise APIError(400, f"unsupported field(s) {extra}", code="unsupported_field")
+
+
+# ---------------------------------------------------------------------------------------------- app
+class Server:
+    """The state behind the app: a denoiser, its engine, limits and counters."""
+
+    def __init__(
+        self,
+        denoiser: Any,
+        *,
+        model_name: str = "dlmprompt-default",
+        api_key: str | None = None,
+        limits: Limits | None = None,
+        max_batch: int = 32,
+        max_queue: int = 128,
+    ) -> None:
+        self.denoiser = denoiser
+        self.tokenizer = denoiser.tokenizer
+        self.model_name = model_name
+        self.api_key = api_key
+        self.limits = limits or Limits()
+        self.engine = Engine(denoiser, max_batch=max_batch, max_queue=max_queue)
+        self.started = time.time()
+        self.requests: dict[tuple[str, int], int] = {}
+
+    # ------------------------------------------------------------------ compile with limits
+    def check_prompt(self, prompt: Prompt) -> None:
+        lim = self.limits
+        slots = prompt.slots
+        if len(slots) > lim.max_slots:
+            raise APIError(
+                400, f"{len(slots)} slots; this server allows at most {lim.max_slots}", code="too_many_slots"
+            )
+        for s in slots:
+            c = s.constraint
+            size = len(json.dumps(c.model_dump(mode="json", by_alias=True)))
+            if size > lim.max_grammar_chars:
+                raise APIError(
+                    400,
+                    f"slot {s.name!r}: its constraint is {size} characters; this server allows {lim.max_grammar_chars}",
+                    code="grammar_too_large",
+                )
+            if not isinstance(c, Json) and s.length.tokens > lim.max_tokens:
+                raise APIError(
+                    400,
+                    f"slot {s.name!r} asks for {s.length.tokens} tokens; this server allows {lim.max_tokens}",
+                    code="too_many_tokens",
+                )
+        if prompt.sampling.steps is not None and prompt.sampling.steps > lim.max_steps:
+            raise APIError(
+                400, f"steps={prompt.sampling.steps}; this server allows at most {lim.max_steps}", code="too_many_steps"
+            )
+
+    async def compile(self, prompt: Prompt) -> Program:
+        self.check_prompt(prompt)
+        try:
+            program = await asyncio.to_thread(compile, prompt, self.tokenizer)
+        except DLMPromptError as exc:
+            raise APIError(400, f"{type(exc).__name__}: {exc}", code="compile_error") from None
+        n = len(program.layout)
+        if n > self.limits.max_canvas:
+            raise APIError(
+                400,
+                f"the compiled canvas has {n} tokens; this server allows {self.limits.max_canvas}",
+                code="canvas_too_large",
+            )
+        return program
+
+    def submit(self, program: Program, seed: int | None, on_step: Any = None) -> Job:
+        try:
+            return self.engine.submit(program, seed=seed, on_step=on_step)
+        except QueueFull as exc:
+            raise APIError(429, str(exc), type="rate_limit_error", code="queue_full") from None
+
+    def count(self, route: str, status: int) -> None:
+        self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
+
+    # ------------------------------------------------------------------ metrics
+    def metrics(self) -> str:
+        st = self.engine.stats
+        lines = [
+            "# HELP dlmprompt_requests_total HTTP requests by route and status.",
+            "# TYPE dlmprompt_requests_total counter",
+        ]
+        for (route, status), n in sorted(self.requests.items()):
+            lines.append(f'dlmprompt_requests_total{{route="{route}",status="{status}"}} {n}')
+        gauges = [
+            ("queue_depth", "Jobs waiting for a batch slot.", self.engine.queue_depth),
+            ("in_flight", "Jobs in the running batch.", self.engine.in_flight),
+            ("steps_per_second", "Row denoising steps per second over the last 10 s.", round(st.steps_per_s(), 3)),
+        ]
+        for name, help_, value in gauges:
+            lines += [f"# HELP dlmprompt_{name} {help_}", f"# TYPE dlmprompt_{name} gauge", f"dlmprompt_{name} {value}"]
+        counters = [
+            ("jobs_submitted_total", "Jobs accepted by the engine.", st.submitted),
+            ("jobs_finished_total", "Jobs that finished.", st.finished),
+            ("jobs_failed_total", "Jobs that failed.", st.failed),
+            ("jobs_cancelled_total", "Jobs cancelled (client gone).", st.cancelled),
+            ("jobs_rejected_total", "Jobs refused because the queue was full (429).", st.rejected),
+            ("forward_passes_total", "Shared forward passes.", st.forward_passes),
+            ("batch_rows_total", "Rows over all shared forward passes (mean batch = this / passes).", st.rows_sum),
+            ("denoise_steps_total", "Row denoising steps.", st.steps),
+        ]
+        for name, help_, value in counters:
+            lines += [
+                f"# HELP dlmprompt_{name} {help_}",
+                f"# TYPE dlmprompt_{name} counter",
+                f"dlmprompt_{name} {value}",
+            ]
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------ results as JSON
+    def result_json(self, result: Result) -> dict[str, Any]:
+        caps = {}
+        for name, c in result.captures.items():
+            value: Any = c.text
+            if isinstance(c.constraint, Json):
+                value = json.loads(c.text)
+            caps[name] = {"text": c.text, "value": value, "tokens": list(c.tokens), "span": list(c.span)}
+        return {
+            "object": "dlmprompt.result",
+            "model": self.model_name,
+            "text": result.text,
+            "captures": caps,
+            "steps": result.steps,
+            "forward_passes": result.forward_passes,
+            "canvas": result.canvas.tolist(),
+        }
+
+    def step_json(self, step: Step) -> dict[str, Any]:
+        tok = self.tokenizer
+        return {
+            "index": step.index,
+            "canvas": step.canvas.tolist(),
+            "committed": step.committed.tolist(),
+            "tokens": step.tokens.tolist(),
+            "confidences": [round(float(x), 6) for x in step.confidences],
+            "forward_passes": step.forward_passes,
+            "text": "".join(
+                "_" if t == tok.mask_id else tok.decode_bytes([t]).decode("utf-8", errors="replace")
+                for t in step.canvas.tolist()
+                if t != tok.pad_id
+            ),
+        }
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return (head + "data: " + json.dumps(data, separators=(",", ":")) + "\n\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------- OpenAI mapping
+def _message_text(m: ChatMessage) -> str:
+    if isinstance(m.content, str) or m.content is None:
+        return m.content or ""
+    parts = []
+    for p in m.content:
+        if p.get("type") != "text":
+            raise APIError(
+                400, f"message content of type {p.get('type')!r} is not supported; send text", code="bad_content"
+            )
+        parts.append(str(p.get("text", "")))
+    return "".join(parts)
+
+
+def render_chat(messages: list[ChatMessage]) -> str:
+    """The plain role template used for chat requests: ``Role: text`` lines, then ``Assistant: ``."""
+    lines = []
+    for m in messages:
+        if m.role not in {"system", "developer", "user", "assistant", "tool"}:
+            raise APIError(400, f"unknown message role {m.role!r}", code="bad_role")
+        lines.append(f"{m.role.capitalize()}: {_message_text(m)}")
+    return "\n".join(lines) + "\nAssistant: "
+
+
+def _answer_slot(req: _OpenAIBase, limits: Limits, tokenizer: Any) -> Any:
+    """The slot that holds the answer, from response_format / regex / choice / max_tokens."""
+    if req.grammar is not None:
+        raise APIError(
+            400,
+            "Lark grammar slots are not implemented yet; use regex, choice or response_format json_schema",
+            code="unsupported_grammar",
+        )
+    n = req.max_completion_tokens or req.max_tokens
+    kinds = [k for k, v in (("regex", req.regex), ("choice", req.choice)) if v is not None]
+    rf = req.response_format
+    if rf is not None and rf.type != "text":
+        kinds.append("response_format")
+    if len(kinds) > 1:
+        raise APIError(
+            400, f"give one of regex, choice and response_format, not {kinds}", code="conflicting_constraints"
+        )
+    if n is not None and n > limits.max_tokens and not (rf is not None and rf.type != "text"):
+        raise APIError(400, f"max_tokens={n}; this server allows {limits.max_tokens}", code="too_many_tokens")
+    if rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None or rf.json_schema.json_schema is None:
+            raise APIError(400, "response_format json_schema needs json_schema.schema", code="bad_response_format")
+        return slot("content", schema=rf.json_schema.json_schema, max_tokens=min(n or 16, 64))
+    if rf is not None and rf.type == "json_object":
+        return slot("content", schema={"type": "object"}, max_tokens=min(n or 16, 64))
+    if req.regex is not None:
+        return slot("content", regex=req.regex, max_tokens=n or 32)
+    if req.choice is not None:
+        if not req.choice:
+            raise APIError(400, "choice needs at least one option", code="bad_choice")
+        longest = max(len(tokenizer.encode(o)) for o in req.choice)
+        return slot("content", choice=req.choice, max_tokens=max(n or 0, longest, 1))
+    return slot("content", max_tokens=n or 64)
+
+
+def openai_prompt(req: _OpenAIBase, text: str, suffix: str | None, limits: Limits, tokenizer: Any) -> Prompt:
+    """The dlmprompt prompt of an OpenAI-style request: the text, then the answer slot (then the
+    completions ``suffix``); or the whole ``dlmprompt_prompt`` spec when one is given."""
+    if req.prompt_spec is not None:
+        prompt = req.prompt_spec
+    else:
+        try:
+            prompt = Prompt(text) + _answer_slot(req, limits, tokenizer)
+        except DLMPromptError as exc:
+            raise APIError(400, f"{type(exc).__name__}: {exc}", code="bad_constraint") from None
+        if suffix:
+            prompt = prompt + suffix
+    options: dict[str, Any] = {}
+    if req.temperature is not None:
+        options["temperature"] = req.temperature
+    if req.steps is not None:
+        options["steps"] = req.steps
+    return prompt.with_sampling(**options) if options else prompt
+
+
+def _answer_span(prog: Program) -> tuple[int, int]:
+    """Where the answer lies: from the first slot (or JSON template) to the end of the last one;
+    the anchors before are the prompt, the anchors after (a completions ``suffix``) are not sent."""
+    spans = [(s.start, s.stop) for s in prog.layout.slots if s.parent is None]
+    spans += [(j.start, j.stop) for j in prog.json_slots]
+    if not spans:
+        return len(prog.layout), len(prog.layout)
+    return min(a for a, _ in spans), max(z for _, z in spans)
+
+
+def _content(result: Result) -> str:
+    prog = result.program
+    start, stop = _answer_span(prog)
+    ids = [int(t) for t in result.canvas[start:stop].tolist() if t != prog.pad_id]
+    return prog.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def _finish_reason(result: Result) -> str:
+    for s in result.program.layout.slots:
+        if s.parent is None and s.mode == "at_most" and not isinstance(s.constraint, Json):
+            if len(result.captures[s.name].tokens) == s.length:
+                return "length"
+    return "stop"
+
+
+def _usage(result: Result) -> dict[str, int]:
+    prog = result.program
+    anchors = int((prog.layout.slot_of < 0).sum())
+    filled = int(((prog.layout.slot_of >= 0) & (result.canvas != prog.pad_id)).sum())
+    return {"prompt_tokens": anchors, "completion_tokens": filled, "total_tokens": anchors + filled}
+
+
+class _Guard:
+    """Pure ASGI middleware in front of /v1 and /metrics: API key (constant-time compare) and the
+    body size bound, checked before any handler reads the body (chunked bodies are buffered up to
+    the bound, then replayed)."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app = app
+        self.server = server
+
+    async def _refuse(self, send: Any, path: str, status: int, message: str, code: str) -> None:
+        self.server.count(path, status)
+        body = json.dumps(_error_body(message, "invalid_request_error", code)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path.startswith("/v1/") or path == "/metrics"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        key = self.server.api_key
+        if key is not None:
+            given = headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), key.encode()):
+                return await self._refuse(
+                    send, path, 401, "missing or wrong API key (send 'Authorization: Bearer KEY')", "bad_api_key"
+                )
+        limit = self.server.limits.max_body_bytes
+        too_big = f"request body over {limit} bytes; this server's limit is max_body_bytes={limit}"
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                return await self._refuse(send, path, 413, too_big, "body_too_large")
+            return await self.app(scope, receive, send)
+        if scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        body = b""
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            body += msg.get("body", b"")
+            if len(body) > limit:
+                return await self._refuse(send, path, 413, too_big, "body_too_large")
+            if not msg.get("more_body"):
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+# ---------------------------------------------------------------------------------------------- the ASGI app
+def create_app(denoiser: Any = None, **options: Any) -> Any:
+    """The FastAPI app. ``denoiser`` defaults to the embedded model; ``options`` go to
+    :class:`Server` (``model_name``, ``api_key``, ``limits``, ``max_batch``, ``max_queue``)."""
+    if denoiser is None:
+        from .backends import load
+
+        denoiser = load()
+    server = Server(denoiser, **options)
+
+    @asynccontextmanager
+    async def lifespan(app: Any):  # type: ignore[no-untyped-def]
+        yield
+        server.engine.close()
+
+    app = FastAPI(title="dlmprompt", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+
+    def err(status: int, message: str, type: str = "invalid_request_error", code: str | None = None) -> Any:
+        headers = {"Retry-After": "1"} if status == 429 else None
+        return JSONResponse(_error_body(message, type, code), status_code=status, headers=headers)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> Any:
+        server.count(request.url.path, exc.status)
+        return err(exc.status, exc.message, exc.type, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Any:
+        server.count(request.url.path, 400)
+        msgs = []
+        for e in exc.errors()[:5]:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+            msgs.append(f"{loc or 'body'}: {e.get('msg')}")
+        return err(400, "invalid request: " + "; ".join(msgs), code="invalid_request")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Any:
+        server.count(request.url.path, 500)
+        return err(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")
+
+    app.add_middleware(_Guard, server=server)
+
+    async def wait(job: Job, request: Request) -> Result:
+        fut = asyncio.wrap_future(job.future)
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=0.25)
+            if done:
+                return fut.result()
+            if await request.is_disconnected():
+                job.cancel()
+                raise asyncio.CancelledError
+
+    def streamer(job_factory: Any, to_events: Any) -> Any:
+        """An SSE body fed by the engine thread; a client that goes away cancels the job."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def on_step(step: Step) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ("step", step))
+
+        job: Job = job_factory(on_step)
+        job.future.add_done_callback(lambda f: loop.call_soon_threadsafe(queue.put_nowait, ("done", f)))
+
+        async def body() -> Any:
+            try:
+                while True:
+                    kind, item = await queue.get()
+                    if kind == "step":
+                        for chunk in to_events.step(item):
+                            yield chunk
+                        continue
+                    try:
+                        result = item.result()
+                    except Exception as exc:
+                        yield _sse(_error_body(f"{type(exc).__name__}: {exc}", "server_error", None), "error")
+                        return
+                    for chunk in to_events.final(result):
+                        yield chunk
+                    return
+            finally:
+                job.cancel()  # no-op once finished; frees the batch slot when the client left
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok", "model": server.model_name, "uptime_s": round(time.time() - server.started, 1)}
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        return PlainTextResponse(server.metrics(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        server.count("/v1/models", 200)
+        return {
+            "object": "list",
+            "data": [
+                {"id": server.model_name, "object": "model", "created": int(server.started), "owned_by": "dlmprompt"}
+            ],
+        }
+
+    @app.post("/v1/generate")
+    async def generate_route(req: GenerateRequest, request: Request) -> Any:
+        program = await server.compile(req.prompt)
+        if req.stream:
+
+            class Native:
+                @staticmethod
+                def step(step: Step) -> list[bytes]:
+                    return [_sse(server.step_json(step), "step")]
+
+                @staticmethod
+                def final(result: Result) -> list[bytes]:
+                    return [_sse(server.result_json(result), "result")]
+
+            resp = streamer(lambda cb: server.submit(program, req.seed, cb), Native)
+            server.count("/v1/generate", 200)
+            return resp
+        job = server.submit(program, req.seed)
+        result = await wait(job, request)
+        server.count("/v1/generate", 200)
+        return server.result_json(result)
+
+    async def openai_run(req: _OpenAIBase, request: Request, text: str, suffix: str | None, chat: bool) -> Any:
+        _check_unsupported(req)
+        route = "/v1/chat/completions" if chat else "/v1/completions"
+        prompt = openai_prompt(req, text, suffix, server.limits, server.tokenizer)
+        program = await server.compile(prompt)
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        model = req.model or server.model_name
+
+        def choice(content: str, finish: str | None) -> dict[str, Any]:
+            if chat:
+                return {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
+            return {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
+
+        if not req.stream:
+            job = server.submit(program, req.seed)
+            result = await wait(job, request)
+            server.count(route, 200)
+            return {
+                "id": ident,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [choice(_content(result), _finish_reason(result))],
+                "usage": _usage(result),
+            }
+
+        first, last = _answer_span(program)
+
+        class Deltas:
+            """Append-only deltas: the settled left-to-right prefix of the answer, as it grows."""
+
+            sent = 0  # canvas positions already sent
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+            @classmethod
+            def chunk(cls, text: str | None, finish: str | None, role: bool = False) -> bytes:
+                if chat:
+                    delta: dict[str, Any] = {}
+                    if role:
+                        delta["role"] = "assistant"
+                    if text is not None:
+                        delta["content"] = text
+                    ch: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+                    obj = "chat.completion.chunk"
+                else:
+                    ch = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+                    obj = "text_completion"
+                return _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [ch]})
+
+            @classmethod
+            def advance(cls, canvas: Any) -> str:
+                mask = program.mask_id
+                stop = first + cls.sent
+                while stop < last and canvas[stop] != mask:
+                    stop += 1
+                ids = [int(t) for t in canvas[first + cls.sent : stop].tolist() if t != program.pad_id]
+                cls.sent = stop - first
+                return cls.decoder.decode(program.tokenizer.decode_bytes(ids)) if ids else ""
+
+            @classmethod
+            def step(cls, step: Step) -> list[bytes]:
+                out = []
+                if step.index == 0 and chat:
+                    out.append(cls.chunk("", None, role=True))
+                text = cls.advance(step.canvas)
+                if text:
+                    out.append(cls.chunk(text, None))
+                return out
+
+            @classmethod
+            def final(cls, result: Result) -> list[bytes]:
+                text = cls.advance(result.canvas) + cls.decoder.decode(b"", final=True)
+                out = [cls.chunk(text, None)] if text else []
+                out.append(cls.chunk(None if chat else "", _finish_reason(result)))
+                out.append(b"data: [DONE]\n\n")
+                return out
+
+        resp = streamer(lambda cb: server.submit(program, req.seed, cb), Deltas)
+        server.count(route, 200)
+        return resp
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
+        return await openai_run(req, request, render_chat(req.messages), None, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        return await openai_run(req, request, req.prompt, req.suffix, chat=False)
+
+    return app
+
+
+def serve(
+    model: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    max_batch: int = 32,
+    max_queue: int = 128,
+    log_level: str = "info",
+) -> None:
+    """Load a model and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    from .backends import load
+
+    denoiser = load(model, device=device, trust_remote_code=trust_remote_code)
+    name = "dlmprompt-default" if model is None else str(model)
+    app = create_app(denoiser, model_name=name, api_key=api_key, max_batch=max_batch, max_queue=max_queue)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+class background:
+    """Serve in a background thread of this process on a loopback port (0: a free one), e.g. for a
+    notebook or a test::
+
+        with background(denoiser) as srv:
+            backend = dlmprompt.load(srv.url)
+
+    ``srv.app`` is the ASGI app (``srv.app.state.server`` its state). Options go to :func:`create_app`.
+    """
+
+    def __init__(self, denoiser: Any = None, *, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+        self.app = create_app(denoiser, **options)
+        self.host = host
+        self.port = port
+        self.url = ""
+        self._server: Any = None
+        self._thread: Any = None
+
+    def __enter__(self) -> background:
+        import threading
+
+        import uvicorn
+
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, name="dlmprompt-serve", daemon=True)
+        self._thread.start()
+        t = time.monotonic()
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() - t > 60:
+                raise DLMPromptError(f"the server did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{port}"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
