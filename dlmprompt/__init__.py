@@ -18,6 +18,7 @@ from .errors import (
 )
 from .schema import SchemaError, compile_schema
 from .spec import Choice, FreeText, Guidance, Json, Length, Prompt, Regex, Sampling, Slot, Text, slot
+from .templating import chat, render_chat
 from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -79,12 +80,14 @@ __all__ = [
     "Text",
     "Tokenizer",
     "TokenizerError",
+    "chat",
     "compile",
     "compile_schema",
     "from_transformers",
     "generate",
     "load",
     "remote",
+    "render_chat",
     "sample",
     "slot",
 ]

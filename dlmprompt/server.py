@@ -36,6 +36,7 @@ from .engine import Engine, Job, QueueFull
 from .errors import DLMPromptError
 from .sampler import Result, Step
 from .spec import Json, Prompt, slot
+from .templating import render_chat
 
 
 @dataclass(frozen=True)
@@ -281,29 +282,6 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI mapping
-def _message_text(m: ChatMessage) -> str:
-    if isinstance(m.content, str) or m.content is None:
-        return m.content or ""
-    parts = []
-    for p in m.content:
-        if p.get("type") != "text":
-            raise APIError(
-                400, f"message content of type {p.get('type')!r} is not supported; send text", code="bad_content"
-            )
-        parts.append(str(p.get("text", "")))
-    return "".join(parts)
-
-
-def render_chat(messages: list[ChatMessage]) -> str:
-    """The plain role template used for chat requests: ``Role: text`` lines, then ``Assistant: ``."""
-    lines = []
-    for m in messages:
-        if m.role not in {"system", "developer", "user", "assistant", "tool"}:
-            raise APIError(400, f"unknown message role {m.role!r}", code="bad_role")
-        lines.append(f"{m.role.capitalize()}: {_message_text(m)}")
-    return "\n".join(lines) + "\nAssistant: "
-
-
 def _answer_slot(req: _OpenAIBase, limits: Limits, tokenizer: Any) -> Any:
     """The slot that holds the answer, from response_format / regex / choice / max_tokens."""
     if req.grammar is not None:
@@ -666,7 +644,11 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
-        return await openai_run(req, request, render_chat(req.messages), None, chat=True)
+        try:
+            text = render_chat([m.model_dump() for m in req.messages], model=server.denoiser)
+        except DLMPromptError as exc:
+            raise APIError(400, str(exc), code="bad_messages") from None
+        return await openai_run(req, request, text, None, chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:

@@ -57,6 +57,7 @@ class Tokenizer:
             if value is not None and not 0 <= value < n:
                 raise TokenizerError(f"{label}={value} is outside the vocabulary (0..{n - 1})")
         self.mask_id = mask_id
+        self.chat_template: str | None = None  # the model's own Jinja chat template, if it ships one
         self.eos_id = eos_id
         self.bos_id = bos_id
         # the pad of "at most n" slots: the pad token, else EOS (LLaDA / Dream pad answers with EOS)
@@ -234,7 +235,7 @@ class Tokenizer:
             encode_fn: Callable[[str], list[int]] = encode_mid
         else:
             encode_fn = encode
-        return cls(
+        out = cls(
             toks,
             encode_fn,
             mask_id=special("mask_token_id", mask_id),
@@ -243,6 +244,9 @@ class Tokenizer:
             bos_id=special("bos_token_id", bos_id),
             name=f"hf:{getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}",
         )
+        template = getattr(tokenizer, "chat_template", None)
+        out.chat_template = template if isinstance(template, str) else None
+        return out
 
     # ---- use
     def __len__(self) -> int:
