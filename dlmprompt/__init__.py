@@ -17,7 +17,7 @@ from .errors import (
     TokenizerError,
 )
 from .schema import SchemaError, compile_schema
-from .spec import Choice, FreeText, Guidance, Json, Length, Prompt, Regex, Sampling, Slot, Text, slot
+from .spec import Choice, FreeText, Grammar, Guidance, Json, Length, Prompt, Regex, Sampling, Slot, Text, slot
 from .templating import chat, render_chat
 from .tokenizer import Tokenizer
 
@@ -59,6 +59,7 @@ __all__ = [
     "CompileError",
     "DLMPromptError",
     "FreeText",
+    "Grammar",
     "GrammarError",
     "Guidance",
     "Json",

@@ -20,7 +20,7 @@ from .automaton import (
     unconstrained_automaton,
 )
 from .errors import CompileError, SpecError
-from .spec import Choice, FreeText, Json, Prompt, Regex, Sampling, Slot, Text
+from .spec import Choice, FreeText, Grammar, Json, Prompt, Regex, Sampling, Slot, Text
 from .tokenizer import Tokenizer, as_tokenizer
 
 
@@ -36,6 +36,7 @@ class SlotLayout:
     automaton: TokenAutomaton
     constraint: Any  # the spec constraint it came from
     parent: str | None = None  # the JSON slot this span is a value of (None: a slot of its own)
+    grammar: Any = None  # a grammar.CompiledGrammar for Lark grammar slots (decoded left to right)
 
     @property
     def stop(self) -> int:
@@ -218,9 +219,20 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
             notes = _lay_out_json(part, tok, constrained, mask_id, ids, slot_of, prompt_flags, slots)
             json_spans.append(JsonSpan(part.name, start, len(ids), part.constraint, tuple(notes)))
             continue
-        auto = _automaton(part, tok, constrained)
         n = part.length.tokens
-        if part.length.mode == "at_most" and constrained:
+        grammar = None
+        if isinstance(part.constraint, Grammar) and constrained:
+            from .grammar import compile_grammar
+
+            if tok.pad_id is None:
+                raise CompileError(
+                    f"a grammar slot needs a pad token and {tok.name} has neither pad nor EOS", slot=part.name
+                )
+            grammar = compile_grammar(part.constraint.lark, tok, n, slot=part.name)
+            auto = unconstrained_automaton(tok, with_pad=True)  # unused: the grammar cursor decides
+        else:
+            auto = _automaton(part, tok, constrained)
+        if part.length.mode == "at_most" and constrained and grammar is None:
             if tok.pad_id is None:
                 raise CompileError(
                     f"max_tokens= needs a pad token and {tok.name} has neither pad nor EOS; "
@@ -228,7 +240,7 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
                     slot=part.name,
                 )
             auto = auto.with_pad(tok.pad_id)
-        if constrained:
+        if constrained and grammar is None:
             _check_length(part, auto, n)
         slots.append(
             SlotLayout(
@@ -239,6 +251,7 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
                 mode=part.length.mode,
                 automaton=auto,
                 constraint=part.constraint,
+                grammar=grammar,
             )
         )
         ids.extend([mask_id] * n)
@@ -355,7 +368,7 @@ def _shortest(auto: TokenAutomaton, slot: str, path: str) -> int:
 
 def _automaton(part: Slot, tok: Tokenizer, constrained: bool) -> TokenAutomaton:
     c = part.constraint
-    if not constrained:
+    if not constrained or isinstance(c, Grammar):
         return unconstrained_automaton(tok, with_pad=part.length.mode == "at_most")
     if isinstance(c, Regex):
         return regex_automaton(c.pattern, tok, slot=part.name)

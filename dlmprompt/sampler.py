@@ -146,6 +146,12 @@ class _Row:
         self.sched = program.schedule
         self.strategy = make_remasking(self.sched.strategy)
         self.slot_of = program.layout.slot_of
+        self.cursors: dict[int, Any] = {}
+        for s in program.layout.slots:
+            if s.grammar is not None:
+                from .grammar import GrammarCursor
+
+                self.cursors[s.index] = GrammarCursor(s.grammar, s.start, s.stop, int(program.pad_id))  # type: ignore[arg-type]
 
     @property
     def done(self) -> bool:
@@ -173,7 +179,18 @@ class _Row:
         cand_conf: list[torch.Tensor] = []
         cand_logq: list[torch.Tensor] = []
         need_q = self.strategy.needs_marginals
+        fixed_pos: list[int] = []  # committed by grammar cursors, left to right in their slots
+        fixed_tok: list[int] = []
+        fixed_conf: list[float] = []
         for slot in prog.layout.slots:
+            cursor = self.cursors.get(slot.index)
+            if cursor is not None:
+                if not cursor.done and a <= cursor.pos < z:
+                    for p, t, cf in self._grammar_step(cursor, logits, v, temp, z):
+                        fixed_pos.append(p)
+                        fixed_tok.append(t)
+                        fixed_conf.append(cf)
+                continue
             pos = np.nonzero(masked[slot.start : slot.stop])[0] + slot.start
             if len(pos) == 0:
                 continue
@@ -186,25 +203,30 @@ class _Row:
             cand_conf.append(out[1])
             if need_q:
                 cand_logq.append(out[2])
-        positions = np.concatenate(cand_pos)
-        tokens = torch.cat(cand_tok)
-        conf = torch.cat(cand_conf)
-        logq_all = torch.cat(cand_logq) if need_q else None
-        score = self.strategy.score(conf, logq_all, len(positions), self.gen)
-        if self.sched.threshold is not None:
-            pick = torch.nonzero(conf >= self.sched.threshold).flatten()
-            if len(pick) == 0:
-                pick = torch.argmax(score).reshape(1)
-        else:
-            counts = self.sched.counts[self.block]
-            k = counts[self.step_in_block] if self.step_in_block < len(counts) else len(positions)
-            k = min(k, len(positions))
-            # stable order: ties go to the leftmost position
-            order = torch.sort(score.double().cpu(), descending=True, stable=True).indices
-            pick = order[:k]
-        pick_np = pick.cpu().numpy()
-        chosen = positions[pick_np]
-        chosen_tok = tokens.cpu().numpy()[pick_np]
+        chosen = np.asarray(fixed_pos, dtype=np.int64)
+        chosen_tok = np.asarray(fixed_tok, dtype=np.int64)
+        chosen_conf = np.asarray(fixed_conf, dtype=np.float64)
+        if cand_pos:
+            positions = np.concatenate(cand_pos)
+            tokens = torch.cat(cand_tok)
+            conf = torch.cat(cand_conf)
+            logq_all = torch.cat(cand_logq) if need_q else None
+            score = self.strategy.score(conf, logq_all, len(positions), self.gen)
+            if self.sched.threshold is not None:
+                pick = torch.nonzero(conf >= self.sched.threshold).flatten()
+                if len(pick) == 0 and len(chosen) == 0:
+                    pick = torch.argmax(score).reshape(1)
+            else:
+                counts = self.sched.counts[self.block]
+                k = counts[self.step_in_block] if self.step_in_block < len(counts) else len(positions)
+                k = min(k, len(positions))
+                # stable order: ties go to the leftmost position
+                order = torch.sort(score.double().cpu(), descending=True, stable=True).indices
+                pick = order[:k]
+            pick_np = pick.cpu().numpy()
+            chosen = np.concatenate([chosen, positions[pick_np]])
+            chosen_tok = np.concatenate([chosen_tok, tokens.cpu().numpy()[pick_np]])
+            chosen_conf = np.concatenate([chosen_conf, conf.double().cpu().numpy()[pick_np]])
         self.canvas[chosen] = chosen_tok
         self.steps += 1
         self.step_in_block += 1
@@ -217,9 +239,19 @@ class _Row:
             canvas=self.canvas.copy(),
             committed=chosen,
             tokens=chosen_tok,
-            confidences=conf.cpu().numpy()[pick_np],
+            confidences=chosen_conf,
             forward_passes=self.passes,
         )
+
+    def _grammar_step(
+        self, cursor: Any, logits: torch.Tensor, v: int, temp: float, block_stop: int
+    ) -> list[tuple[int, int, float]]:
+        lg = _clean(logits[cursor.pos : cursor.stop, :v])
+        if temp > 0:
+            lg = lg / temp
+        logp = torch.log_softmax(lg.double(), dim=1).cpu().numpy()
+        noise = _gumbel((v,), self.gen).numpy() if temp > 0 else None
+        return cursor.advance(logp, noise, block_stop)
 
     def _slot_step(
         self,

@@ -46,7 +46,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     max_canvas: int = 2048  # tokens on the compiled canvas
     max_slots: int = 64
-    max_grammar_chars: int = 100_000  # a JSON schema, regex or choice list, as JSON text
+    max_grammar_chars: int = 100_000  # a JSON schema, regex, choice list or Lark grammar, as JSON text
     max_steps: int = 1024
     max_tokens: int = 1024  # a free-text / regex / choice answer, in tokens
 
@@ -284,14 +284,8 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 # ---------------------------------------------------------------------------------------------- OpenAI mapping
 def _answer_slot(req: _OpenAIBase, limits: Limits, tokenizer: Any) -> Any:
     """The slot that holds the answer, from response_format / regex / choice / max_tokens."""
-    if req.grammar is not None:
-        raise APIError(
-            400,
-            "Lark grammar slots are not implemented yet; use regex, choice or response_format json_schema",
-            code="unsupported_grammar",
-        )
     n = req.max_completion_tokens or req.max_tokens
-    kinds = [k for k, v in (("regex", req.regex), ("choice", req.choice)) if v is not None]
+    kinds = [k for k, v in (("regex", req.regex), ("choice", req.choice), ("grammar", req.grammar)) if v is not None]
     rf = req.response_format
     if rf is not None and rf.type != "text":
         kinds.append("response_format")
@@ -309,6 +303,8 @@ def _answer_slot(req: _OpenAIBase, limits: Limits, tokenizer: Any) -> Any:
         return slot("content", schema={"type": "object"}, max_tokens=min(n or 16, 64))
     if req.regex is not None:
         return slot("content", regex=req.regex, max_tokens=n or 32)
+    if req.grammar is not None:
+        return slot("content", grammar=req.grammar, max_tokens=n or 64)
     if req.choice is not None:
         if not req.choice:
             raise APIError(400, "choice needs at least one option", code="bad_choice")

@@ -80,7 +80,16 @@ class Json(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
 
-Constraint = Annotated[Union[FreeText, Regex, Choice, Json], Field(discriminator="type")]
+class Grammar(_Model):
+    """The slot's text is a sentence of a Lark grammar (rule ``start``), in the Lark EBNF syntax of
+    lark and llguidance. The slot is decoded left to right inside itself (other slots proceed in
+    parallel) and always closes within its length; see :mod:`dlmprompt.grammar`."""
+
+    type: Literal["grammar"] = "grammar"
+    lark: str
+
+
+Constraint = Annotated[Union[FreeText, Regex, Choice, Json, Grammar], Field(discriminator="type")]
 
 
 class Length(_Model):
@@ -286,6 +295,7 @@ def slot(
     regex: str | None = None,
     choice: Iterable[str] | None = None,
     schema: Any = None,
+    grammar: str | None = None,
     max_tokens: int | None = None,
     tokens: int | None = None,
     indent: int | None = None,
@@ -294,7 +304,8 @@ def slot(
 ) -> Any:
     """Make a slot.
 
-    Give one constraint (``regex=``, ``choice=`` or ``schema=``; none means free text) and one
+    Give one constraint (``regex=``, ``choice=``, ``schema=`` or ``grammar=`` (Lark); none means
+    free text) and one
     length (``max_tokens=n``: value then pad; ``tokens=n``: exactly n tokens). Without a name it
     returns a :class:`SlotArgs` for :meth:`Prompt.format`.
 
@@ -306,6 +317,7 @@ def slot(
         "regex": regex,
         "choice": choice,
         "schema": schema,
+        "grammar": grammar,
         "max_tokens": max_tokens,
         "tokens": tokens,
         "indent": indent,
@@ -314,13 +326,15 @@ def slot(
     }
     if name is None:
         return SlotArgs(**kwargs)
-    if sum(x is not None for x in (regex, choice, schema)) > 1:
-        raise SpecError(f"slot {name!r}: give one of regex=, choice= or schema=, not both")
+    if sum(x is not None for x in (regex, choice, schema, grammar)) > 1:
+        raise SpecError(f"slot {name!r}: give one of regex=, choice=, schema= or grammar=, not several")
     if schema is not None:
         return _json_slot(name, schema, max_tokens, tokens, indent, lenient, additional_properties)
     if (max_tokens is None) == (tokens is None):
         raise SpecError(f"slot {name!r}: give exactly one length, max_tokens=N (value then pad) or tokens=N (exact)")
-    constraint: FreeText | Regex | Choice
+    constraint: FreeText | Regex | Choice | Grammar
+    if grammar is not None and tokens is not None:
+        raise SpecError(f"slot {name!r}: a grammar slot takes max_tokens=N (its sentence, then pad), not tokens=")
     if isinstance(choice, str):
         raise SpecError(f"slot {name!r}: choice= takes a list of strings, not one string")
     try:
@@ -328,6 +342,8 @@ def slot(
             constraint = Regex(pattern=regex)
         elif choice is not None:
             constraint = Choice(options=tuple(choice))
+        elif grammar is not None:
+            constraint = Grammar(lark=grammar)
         else:
             constraint = FreeText()
     except (ValidationError, TypeError) as exc:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
+import lark
 import numpy as np
 
-from dlmprompt import Choice, FreeText, Program, Prompt, Regex, slot
+from dlmprompt import Choice, FreeText, Grammar, Program, Prompt, Regex, slot
 
 # anchors, a regex slot, a choice slot and free text: what every backend test generates
 MIXED_PROMPT = (
@@ -47,6 +48,17 @@ def check_result(program: Program, result) -> None:
             assert re.fullmatch(c.pattern, text, flags=re.ASCII) is not None, f"{s.name}: {text!r} !~ {c.pattern!r}"
         elif isinstance(c, Choice):
             assert text in c.options, f"{s.name}: {text!r} not in {c.options}"
+        elif isinstance(c, Grammar):
+            _parser(c.lark).parse(text)  # lark itself: the text is a whole sentence
         else:
             assert isinstance(c, FreeText)
         assert cap.text == text
+
+
+_PARSERS: dict[str, lark.Lark] = {}
+
+
+def _parser(grammar: str) -> lark.Lark:
+    if grammar not in _PARSERS:
+        _PARSERS[grammar] = lark.Lark(grammar)
+    return _PARSERS[grammar]

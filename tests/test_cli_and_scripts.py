@@ -93,3 +93,11 @@ def test_server_load_benchmark_small(tmp_path) -> None:
     assert data["ok"] >= 1 and data["invalid"] == 0 and data["errors"] == 0
     assert data["ok"] + data["rejected_429"] == data["requests"] and data["mean_batch"] >= 1
     assert "mean batch" in out.stdout
+
+
+def test_grammar_example_runs_as_written() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "grammar_slot.py")], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("expr=") == 3

@@ -11,6 +11,7 @@ from typing import Literal
 
 import httpx
 import jsonschema
+import lark
 import numpy as np
 import pytest
 import torch
@@ -330,7 +331,10 @@ def test_official_openai_client(live) -> None:
     assert re.fullmatch("[a-z_]+", fill.choices[0].text)
     import openai
 
-    with pytest.raises(openai.BadRequestError, match="not implemented yet"):
-        client.completions.create(model="x", prompt="1+", extra_body={"grammar": "start: NUMBER"})
+    arith = 'start: expr\nexpr: NUMBER (("+" | "-") NUMBER)*\nNUMBER: /[0-9]+/\n'
+    sums = client.completions.create(model="x", prompt="1+", max_tokens=10, extra_body={"grammar": arith})
+    lark.Lark(arith).parse(sums.choices[0].text)  # a whole sentence of the grammar
+    with pytest.raises(openai.BadRequestError, match="GrammarError"):
+        client.completions.create(model="x", prompt="1+", extra_body={"grammar": "start: NUMBER ("})
     with pytest.raises(openai.BadRequestError, match=r"CompileError"):
         client.completions.create(model="x", prompt="1+", extra_body={"regex": "(("})

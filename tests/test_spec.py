@@ -49,7 +49,7 @@ def test_sampling_and_guidance_updates() -> None:
         (lambda: slot("a"), "exactly one length"),
         (lambda: slot("a", tokens=2, max_tokens=3), "exactly one length"),
         (lambda: slot("a", tokens=0), "greater than 0"),
-        (lambda: slot("a", regex="x", choice=["x"], tokens=1), "not both"),
+        (lambda: slot("a", regex="x", choice=["x"], tokens=1), "not several"),
         (lambda: slot("a", choice="abc", tokens=1), "list of strings"),
         (lambda: Prompt("x", 3), "cannot add int"),
         (lambda: Prompt("x") + slot(tokens=2), "needs a name"),
