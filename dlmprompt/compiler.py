@@ -285,15 +285,48 @@ def _lay_out_json(
     from .schema import SchemaError, compile_schema
 
     c = part.constraint
+    if tok.pad_id is None:
+        raise CompileError(f"a schema slot needs a pad token and {tok.name} has neither pad nor EOS", slot=part.name)
+    cap = part.length.tokens
     try:
         template = compile_schema(
             c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties
         )
+        refusal = None
     except SchemaError as exc:
-        raise SchemaError(exc.reason, path=exc.path, slot=part.name) from None
-    if tok.pad_id is None:
-        raise CompileError(f"a schema slot needs a pad token and {tok.name} has neither pad nor EOS", slot=part.name)
-    cap = part.length.tokens
+        template, refusal = None, exc
+    if constrained and (refusal is not None or template.notes):  # type: ignore[union-attr]
+        # not exact as a template: one context-free span (llguidance), when it takes the schema
+        if refusal is not None:
+            why = str(refusal.reason)
+        else:
+            notes = list(template.notes)  # type: ignore[union-attr]
+            why = "; ".join(notes[:3]) + (f" (and {len(notes) - 3} more)" if len(notes) > 3 else "")
+        compiled = _json_grammar(c, tok)
+        if not isinstance(compiled, str):
+            n = min(max(len(compiled.witness) + 2 * cap, 4 * cap), 4096)
+            slots.append(
+                SlotLayout(
+                    name=f"{part.name}#0",
+                    index=len(slots),
+                    start=len(ids),
+                    length=n,
+                    mode="at_most",
+                    automaton=unconstrained_automaton(tok, with_pad=True),
+                    constraint=c,
+                    parent=part.name,
+                    grammar=compiled,
+                )
+            )
+            ids.extend([mask_id] * n)
+            slot_of.extend([len(slots) - 1] * n)
+            prompt_flags.extend([False] * n)
+            return [
+                f"the whole value is one context-free span (llguidance, left to right) instead of a template: {why}"
+            ]
+    if refusal is not None:
+        raise SchemaError(refusal.reason, path=refusal.path, slot=part.name) from None
+    assert template is not None
     for k, piece in enumerate(template.parts):
         if isinstance(piece, str):
             toks = tok.encode(piece)
@@ -326,6 +359,20 @@ def _lay_out_json(
     return template.notes
 
 
+def _json_grammar(c: Json, tok: Tokenizer) -> Any:
+    """llguidance's compact-JSON grammar for a JSON constraint, or the reason it cannot serve."""
+    from .jsongrammar import closed_objects, compile_json_grammar
+
+    if c.indent is not None:
+        return "indented layouts are templates only"
+    schema: Any = c.json_schema
+    if c.additional_properties is False:
+        schema = closed_objects(schema)
+        if schema is None:
+            return "additional_properties=False with allOf"
+    return compile_json_grammar(schema, tok)
+
+
 def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool]:
     """Whether JSON slot ``name`` can hold ``instance``, as written in the slot's layout (its key
     order and whitespace): (the template regex matches some text of it, Python ``re``; the slot's
@@ -338,10 +385,15 @@ def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool
     if span is None:
         raise KeyError(f"no JSON slot {name!r}; JSON slots are {[j.name for j in program.json_slots]}")
     c = span.constraint
+    holes = [s for s in program.layout.slots if s.parent == name]
+    if len(holes) == 1 and holes[0].grammar is not None:  # one context-free span
+        from .jsongrammar import accepts
+
+        ok = accepts(holes[0].grammar, json.dumps(instance, separators=(",", ":"), ensure_ascii=False))
+        return ok, ok
     template = compile_schema(
         c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties
     )
-    holes = [s for s in program.layout.slots if s.parent == name]
     matched = False
     for text in texts_for(instance, c.json_schema, indent=c.indent):
         m = re.fullmatch(template.regex, text, flags=re.S)

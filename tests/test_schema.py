@@ -274,10 +274,10 @@ def test_jsonschemabench_sample(byte_tok):
             errors = list(_validator(schema).iter_errors(json.loads(res["value"])))
             assert not errors, f"{os.path.basename(path)}: generated {res['value'][:200]!r}: {errors[0].message}"
             stats["generated"] += 1
-    assert stats["compiled"] >= 0.7 * SAMPLE, stats
-    # completeness is not at the goal yet (99.5 %): large optional structures are narrowed until
-    # context-free regions land; this guards the level reached (77 % on this sample)
-    assert stats["valid_ok"] >= 0.7 * stats["valid"], stats
+    assert stats["compiled"] >= 0.8 * SAMPLE, stats  # 51 of 60 measured
+    # schemas the template would narrow become one context-free span (llguidance): 67 of 68 valid
+    # instances accepted on this sample (the one left is llguidance's own limit)
+    assert stats["valid_ok"] >= 0.95 * stats["valid"], stats
     assert stats["generated"] >= 0.9 * stats["compiled"], stats
 
 
@@ -341,14 +341,35 @@ def test_indented_template(byte_tok):
         ({"oneOf": [{"type": "string"}, {"type": "string", "maxLength": 3}]}, "oneOf"),
         ({"$ref": "http://example.com/x.json"}, "local reference"),
         ({"$ref": "#/definitions/missing"}, "points to nothing"),
-        ({"type": "number", "minimum": 0.5}, "whole number"),
-        ({"type": "integer", "multipleOf": 3}, "multipleOf"),
     ],
 )
 def test_unsupported_schemas_are_refused_with_the_path(byte_tok, schema, needle):
+    """Refused by the template compiler and by llguidance: a SchemaError naming the keyword."""
     with pytest.raises(SchemaError, match=re.escape(needle)) as info:
         compile(Prompt(slot("value", schema=schema)), byte_tok)
     assert info.value.slot == "value"
+
+
+@pytest.mark.parametrize(
+    ("schema", "valid", "invalid"),
+    [
+        ({"type": "number", "minimum": 0.5, "maximum": 9}, [0.5, 3, 8.25], [0.25, 10, "1"]),
+        ({"type": "integer", "multipleOf": 3}, [0, 3, -9, 300], [1, 4.5, "3"]),
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "maxLength": 200}}, "required": ["a"]},
+            [{"a": "x" * 150}, {"a": ""}],
+            [{"a": "x" * 201}, {}],
+        ),
+    ],
+)
+def test_schemas_the_template_cannot_hold_exactly_become_one_context_free_span(byte_tok, schema, valid, invalid):
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert any("context-free span" in n for n in prog.notes)
+    for inst in valid:
+        assert json_accepts(prog, "value", inst) == (True, True), inst
+    for inst in invalid:
+        assert json_accepts(prog, "value", inst)[1] is False, inst
+    _generate_valid(byte_tok, schema, seeds=range(4))
 
 
 def test_lenient_approximates_and_says_so(byte_tok):

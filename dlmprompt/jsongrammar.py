@@ -1,0 +1,226 @@
+"""JSON values as one context-free span: the schema compiled by llguidance, decoded left to right.
+
+Used for a JSON slot when the template compiler (:mod:`dlmprompt.schema`) would refuse the schema
+or narrow it (drop values it cannot express exactly as regular languages): llguidance's JSON
+Schema grammar is exact on what it supports, so the slot accepts every valid instance in compact
+JSON and nothing else. The witness that keeps the span closable (see :mod:`dlmprompt.grammar`)
+is a small instance built from the schema and checked by the matcher.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+
+from .grammar import CompiledGrammar, _llguidance, _min_string, ll_tokenizer
+from .tokenizer import Tokenizer
+
+_FORMATS = {
+    "date": "2000-01-01",
+    "time": "00:00:00Z",
+    "date-time": "2000-01-01T00:00:00Z",
+    "email": "a@a.aa",
+    "idn-email": "a@a.aa",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+    "ipv4": "0.0.0.0",
+    "ipv6": "::",
+    "hostname": "a",
+    "uri": "a:a",
+    "uri-reference": "a",
+    "duration": "P1D",
+}
+
+
+_UNKNOWN_FORMAT = re.compile(r"Unknown format: (.*)")
+
+
+def _drop_format(schema: Any, fmt: str) -> Any:
+    if isinstance(schema, dict):
+        return {k: _drop_format(v, fmt) for k, v in schema.items() if not (k == "format" and v == fmt)}
+    if isinstance(schema, list):
+        return [_drop_format(v, fmt) for v in schema]
+    return schema
+
+
+def closed_objects(schema: Any) -> Any | None:
+    """The schema with ``additionalProperties: false`` on every object that names its properties
+    (``additional_properties=False``); None where that would change more than intended (allOf)."""
+    if "allOf" in json.dumps(schema):
+        return None
+    out = copy.deepcopy(schema)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node and "patternProperties" not in node:
+                node["additionalProperties"] = False
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(out)
+    return out
+
+
+def _candidates(schema: Any, root: Any, depth: int = 0) -> list[Any]:
+    """A few small instances of ``schema`` (best effort; the matcher checks them)."""
+    if depth > 12:
+        return []
+    if schema is True or schema == {}:
+        return [None, 0, ""]
+    if not isinstance(schema, dict):
+        return []
+    if "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith("#"):
+        node: Any = root
+        for part in schema["$ref"][1:].split("/"):
+            if not part:
+                continue
+            part = part.replace("~1", "/").replace("~0", "~")
+            node = node.get(part) if isinstance(node, dict) else None
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        if isinstance(node, dict):
+            return _candidates({**node, **rest}, root, depth + 1)
+    if "const" in schema:
+        return [schema["const"]]
+    if schema.get("enum"):
+        return list(schema["enum"][:3])
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            out: list[Any] = []
+            base = {k: v for k, v in schema.items() if k != key}
+            for sub in schema[key][:6]:
+                merged = {**base, **sub} if isinstance(sub, dict) else sub
+                out.extend(_candidates(merged, root, depth + 1)[:2])
+            return out
+    if "allOf" in schema:
+        merged = {k: v for k, v in schema.items() if k != "allOf"}
+        for sub in schema["allOf"]:
+            if isinstance(sub, dict):
+                for k, v in sub.items():
+                    if k == "properties":
+                        merged["properties"] = {**merged.get("properties", {}), **v}
+                    elif k == "required":
+                        merged["required"] = list(dict.fromkeys([*merged.get("required", []), *v]))
+                    else:
+                        merged.setdefault(k, v)
+        return _candidates(merged, root, depth + 1)
+    types = schema.get("type")
+    if types is None:
+        if "properties" in schema or "required" in schema:
+            types = "object"
+        elif "items" in schema or "prefixItems" in schema:
+            types = "array"
+        elif "pattern" in schema or "format" in schema or "minLength" in schema:
+            types = "string"
+        elif "minimum" in schema or "maximum" in schema:
+            types = "number"
+        else:
+            types = ["null", "object", "string"]
+    if isinstance(types, str):
+        types = [types]
+    out = []
+    for t in types:
+        out.extend(_typed(t, schema, root, depth))
+    return out
+
+
+def _typed(t: str, schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
+    if t == "null":
+        return [None]
+    if t == "boolean":
+        return [False]
+    if t in ("integer", "number"):
+        lo = schema.get("minimum", schema.get("exclusiveMinimum"))
+        hi = schema.get("maximum", schema.get("exclusiveMaximum"))
+        vals = [0, 1, -1]
+        if isinstance(lo, (int, float)) and not isinstance(lo, bool):
+            vals = [int(lo) + 1, int(lo), int(lo) + 2, *vals]
+        if isinstance(hi, (int, float)) and not isinstance(hi, bool):
+            vals = [*vals, int(hi) - 1, int(hi)]
+        step = schema.get("multipleOf")
+        if isinstance(step, (int, float)) and step > 0:
+            vals = [v - v % step if isinstance(step, int) else 0 for v in vals]
+        return vals
+    if t == "string":
+        n = int(schema.get("minLength", 0) or 0)
+        if "format" in schema and schema["format"] in _FORMATS:
+            return [_FORMATS[schema["format"]]]
+        if "pattern" in schema:
+            try:
+                s = _min_string(schema["pattern"])
+            except Exception:
+                return ["a" * max(n, 1)]
+            return [s + "a" * max(0, n - len(s)), s]
+        return ["a" * n, "a" * max(n, 1)]
+    if t == "array":
+        items = schema.get("items", {})
+        prefix = schema.get("prefixItems") or (items if isinstance(items, list) else [])
+        n = int(schema.get("minItems", 0) or 0)
+        arr: list[Any] = []
+        for sub in prefix[:n] if prefix else []:
+            c = _candidates(sub, root, depth + 1)
+            arr.append(c[0] if c else None)
+        if len(arr) < n and isinstance(items, dict):
+            c = _candidates(items, root, depth + 1)
+            arr += [c[0] if c else None] * (n - len(arr))
+        return [arr]
+    if t == "object":
+        props = schema.get("properties", {}) or {}
+        obj: dict[str, Any] = {}
+        for key in schema.get("required", []) or []:
+            sub = props.get(key, schema.get("additionalProperties", {}))
+            c = _candidates(sub if sub is not False else {}, root, depth + 1)
+            obj[key] = c[0] if c else None
+        n = int(schema.get("minProperties", 0) or 0)
+        for key, sub in props.items():
+            if len(obj) >= n:
+                break
+            if key not in obj:
+                c = _candidates(sub, root, depth + 1)
+                obj[key] = c[0] if c else None
+        return [obj]
+    return []
+
+
+def compile_json_grammar(schema: Any, tok: Tokenizer, *, max_witness: int = 4096) -> CompiledGrammar | str:
+    """llguidance's grammar for ``schema`` (compact JSON) with a checked witness; or the reason
+    it cannot be used (a string)."""
+    ll = _llguidance()
+    lltok = ll_tokenizer(tok)
+    for _ in range(16):
+        try:
+            spec = ll.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults={"whitespace_flexible": False})
+            matcher = ll.LLMatcher(lltok, spec, log_level=0)
+            error = matcher.get_error() if matcher.is_error() else ""
+        except Exception as exc:  # llguidance raises on some schemas instead of reporting
+            error = str(exc) or type(exc).__name__
+        unknown = _UNKNOWN_FORMAT.search(error)
+        if unknown is None:
+            break
+        # a format the validator does not know is an annotation (JSON Schema): it constrains nothing
+        schema = _drop_format(schema, unknown.group(1).strip())
+    if error:
+        return f"llguidance: {error.splitlines()[0]}"
+    seen: set[str] = set()
+    for inst in _candidates(schema, schema):
+        text = json.dumps(inst, separators=(",", ":"), ensure_ascii=False)
+        if text in seen:
+            continue
+        seen.add(text)
+        ids = tok.encode(text)
+        if len(ids) > max_witness:
+            continue
+        m = ll.LLMatcher(lltok, spec, log_level=0)
+        if m.try_consume_tokens(ids) == len(ids) and m.is_accepting():
+            return CompiledGrammar(lark="", ll_grammar=spec, witness=tuple(ids), tokenizer=tok)
+    return "no small instance of the schema found to keep the span closable"
+
+
+def accepts(compiled: CompiledGrammar, text: str) -> bool:
+    """Whether the span's matcher accepts ``text`` as a whole value."""
+    ids = compiled.tokenizer.encode(text)
+    m = compiled.matcher()
+    return m.try_consume_tokens(ids) == len(ids) and m.is_accepting()
