@@ -169,18 +169,19 @@ def _typed(t: str, schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
         return [arr]
     if t == "object":
         props = schema.get("properties", {}) or {}
+        required = list(schema.get("required", []) or [])
+        chosen = set(required)
+        n = int(schema.get("minProperties", 0) or 0)
+        for key in props:
+            if len(chosen) >= n:
+                break
+            chosen.add(key)
         obj: dict[str, Any] = {}
-        for key in schema.get("required", []) or []:
+        # llguidance writes named properties in the schema's order, then the others
+        for key in [*[k for k in props if k in chosen], *[k for k in required if k not in props]]:
             sub = props.get(key, schema.get("additionalProperties", {}))
             c = _candidates(sub if sub is not False else {}, root, depth + 1)
             obj[key] = c[0] if c else None
-        n = int(schema.get("minProperties", 0) or 0)
-        for key, sub in props.items():
-            if len(obj) >= n:
-                break
-            if key not in obj:
-                c = _candidates(sub, root, depth + 1)
-                obj[key] = c[0] if c else None
         return [obj]
     return []
 
