@@ -387,10 +387,13 @@ def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool
     c = span.constraint
     holes = [s for s in program.layout.slots if s.parent == name]
     if len(holes) == 1 and holes[0].grammar is not None:  # one context-free span
-        from .jsongrammar import accepts
+        from .jsongrammar import accepts, orderings
 
-        ok = accepts(holes[0].grammar, json.dumps(instance, separators=(",", ":"), ensure_ascii=False))
-        return ok, ok
+        # the span writes keys in the schema's properties order: try the instance that way too
+        for inst in [instance, *orderings(instance, c.json_schema)]:
+            if accepts(holes[0].grammar, json.dumps(inst, separators=(",", ":"), ensure_ascii=False)):
+                return True, True
+        return False, False
     template = compile_schema(
         c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties
     )

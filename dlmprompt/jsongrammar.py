@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from .grammar import CompiledGrammar, _llguidance, _min_string, ll_tokenizer
+from .schema import STANDARD_FORMATS
 from .tokenizer import Tokenizer
 
 _FORMATS = {
@@ -199,9 +200,9 @@ def compile_json_grammar(schema: Any, tok: Tokenizer, *, max_witness: int = 4096
         except Exception as exc:  # llguidance raises on some schemas instead of reporting
             error = str(exc) or type(exc).__name__
         unknown = _UNKNOWN_FORMAT.search(error)
-        if unknown is None:
+        if unknown is None or unknown.group(1).strip() in STANDARD_FORMATS:
             break
-        # a format the validator does not know is an annotation (JSON Schema): it constrains nothing
+        # a format JSON Schema does not define is an annotation: it constrains nothing
         schema = _drop_format(schema, unknown.group(1).strip())
     if error:
         return f"llguidance: {error.splitlines()[0]}"
@@ -225,3 +226,67 @@ def accepts(compiled: CompiledGrammar, text: str) -> bool:
     ids = compiled.tokenizer.encode(text)
     m = compiled.matcher()
     return m.try_consume_tokens(ids) == len(ids) and m.is_accepting()
+
+
+def orderings(instance: Any, schema: Any, limit: int = 8) -> list[Any]:
+    """``instance`` with its object keys in the orders the span writes them (the schema's
+    ``properties`` order, then the others), one per anyOf / oneOf branch that orders differently."""
+    out: list[Any] = []
+    for inst in _orders(instance, schema, schema, 0):
+        if inst not in out:
+            out.append(inst)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _resolve(schema: Any, root: Any) -> Any:
+    for _ in range(16):
+        if not (isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#")):
+            return schema
+        node: Any = root
+        for part in schema["$ref"][1:].split("/"):
+            if part:
+                node = node.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return schema
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _orders(instance: Any, schema: Any, root: Any, depth: int) -> list[Any]:
+    schema = _resolve(schema, root)
+    if depth > 24 or not isinstance(schema, dict):
+        return [instance]
+    branches = [schema]
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            base = {k: v for k, v in schema.items() if k != key}
+            branches = [{**base, **_resolve(b, root)} for b in schema[key] if isinstance(b, dict)] or [schema]
+    if isinstance(schema.get("allOf"), list):
+        props: dict[str, Any] = {}
+        for b in schema["allOf"]:
+            props.update((_resolve(b, root) or {}).get("properties", {}) or {})
+        props.update(schema.get("properties", {}) or {})
+        branches = [{**schema, "properties": props}]
+    out: list[Any] = []
+    for b in branches[:4]:
+        if isinstance(instance, dict):
+            props = b.get("properties", {}) or {}
+            keys = [k for k in props if k in instance] + [k for k in instance if k not in props]
+            extra = b.get("additionalProperties", {})
+            obj = {}
+            for k in keys:
+                sub = props.get(k, extra if isinstance(extra, dict) else {})
+                obj[k] = _orders(instance[k], sub, root, depth + 1)[0]
+            out.append(obj)
+        elif isinstance(instance, list):
+            items = b.get("items", {})
+            prefix = b.get("prefixItems") or (items if isinstance(items, list) else [])
+            rest = items if isinstance(items, dict) else {}
+            out.append(
+                [_orders(x, prefix[i] if i < len(prefix) else rest, root, depth + 1)[0] for i, x in enumerate(instance)]
+            )
+        else:
+            out.append(instance)
+    return out or [instance]

@@ -86,6 +86,12 @@ _FORMATS = {
     "uri": r"[a-z][a-z0-9+.\-]{0,10}://[A-Za-z0-9](?:[A-Za-z0-9\-.]{0,40}[A-Za-z0-9])?(?::[0-9]{1,5})?"
     r"(?:/[A-Za-z0-9\-._~%!$&'()*+,;=:@]{0,40}){0,8}",
 }
+# the formats JSON Schema defines: one of these that cannot be checked is refused (validators
+# check them); any other format name is an annotation and constrains nothing
+STANDARD_FORMATS = frozenset(
+    "date-time date time duration email idn-email hostname idn-hostname ipv4 ipv6 uri uri-reference iri "
+    "iri-reference uuid uri-template json-pointer relative-json-pointer regex".split()
+)
 _FORMATS["date-time"] = _FORMATS["date"] + "T" + _FORMATS["time"]
 _FORMATS["uri-reference"] = _FORMATS["uri"]
 _FORMATS["url"] = _FORMATS["uri"]
@@ -910,6 +916,8 @@ def _string(ctx: _Ctx, schema: dict[str, Any], path: str) -> str | None:
                 raise ctx.refuse(path, f"format {fmt!r} with minLength/maxLength is not supported")
         return _Q + r + _Q
     if fmt is not None:
+        if fmt in STANDARD_FORMATS:
+            raise ctx.refuse(path, f"format {fmt!r} is not supported (a standard format this compiler cannot check)")
         ctx.note(path, f"format {fmt!r} is not checked (an annotation here)")
     if pattern is not None:
         if not isinstance(pattern, str):
@@ -1186,21 +1194,44 @@ def _merge_all(ctx: _Ctx, schema: dict[str, Any], path: str) -> dict[str, Any]:
     return out
 
 
+def _conj(sa: Any, sb: Any) -> Any:
+    """The schema of "both sa and sb"."""
+    if sa is False or sb is False:
+        return False
+    if sa is True or sa == {}:
+        return sb
+    if sb is True or sb == {}:
+        return sa
+    return {"allOf": [sa, sb]}
+
+
+def _merge_objects(a: dict[str, Any], b: dict[str, Any], out: dict[str, Any]) -> None:
+    """properties / additionalProperties of ``allOf [a, b]``: a property named on one side only is
+    still governed, on the other side, by that side's additionalProperties (``false`` forbids it)."""
+    pa, pb = a.get("properties", {}) or {}, b.get("properties", {}) or {}
+    apa, apb = a.get("additionalProperties", True), b.get("additionalProperties", True)
+    merged = {k: _conj(pa.get(k, apa), pb.get(k, apb)) for k in dict.fromkeys([*pa, *pb])}
+    out.pop("properties", None)
+    out.pop("additionalProperties", None)
+    if merged:
+        out["properties"] = merged
+    ap = _conj(apa, apb)
+    if ap is not True:
+        out["additionalProperties"] = ap
+
+
 def _merge(ctx: _Ctx, a: dict[str, Any], b: dict[str, Any], path: str) -> dict[str, Any]:
     out = dict(a)
+    if any(k in x for x in (a, b) for k in ("properties", "additionalProperties")):
+        _merge_objects(a, b, out)
     for key, vb in b.items():
-        if key in _ANNOTATIONS:
+        if key in _ANNOTATIONS or key in ("properties", "additionalProperties"):
             continue
         if key not in out:
             out[key] = vb
             continue
         va = out[key]
-        if key == "properties":
-            merged = dict(va)
-            for k, s in vb.items():
-                merged[k] = {"allOf": [merged[k], s]} if k in merged else s
-            out[key] = merged
-        elif key == "required":
+        if key == "required":
             out[key] = list(dict.fromkeys(list(va) + list(vb)))
         elif key == "type":
             ta = {va} if isinstance(va, str) else set(va)
@@ -1222,7 +1253,7 @@ def _merge(ctx: _Ctx, a: dict[str, Any], b: dict[str, Any], path: str) -> dict[s
         elif key in ("anyOf", "oneOf"):
             out["allOf"] = [{key: va}, {key: vb}]
             raise ctx.refuse(path, f"allOf with {key} in several branches is not supported")
-        elif key in ("items", "additionalProperties") and isinstance(va, dict) and isinstance(vb, dict):
+        elif key == "items" and isinstance(va, dict) and isinstance(vb, dict):
             out[key] = {"allOf": [va, vb]}
         elif _equal(va, vb):
             continue
