@@ -114,6 +114,11 @@ def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
             event = "message"
 
 
+def _http_options(api_key: str | None, timeout: float, transport: Any) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return {"headers": headers, "timeout": timeout, "transport": transport}
+
+
 def _body(prompt: Prompt, seed: int | None, stream: bool) -> dict[str, Any]:
     return {"prompt": prompt.model_dump(mode="json", by_alias=True), "seed": seed, "stream": stream}
 
@@ -131,11 +136,8 @@ class Client:
         backoff: float = 0.25,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.url = url.rstrip("/")
-        self.retries = retries
-        self.backoff = backoff
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self.url, self.retries, self.backoff = url.rstrip("/"), retries, backoff
+        self.http = httpx.Client(base_url=self.url, **_http_options(api_key, timeout, transport))
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         for attempt in range(self.retries + 1):
@@ -207,11 +209,8 @@ class AsyncClient:
         backoff: float = 0.25,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.url = url.rstrip("/")
-        self.retries = retries
-        self.backoff = backoff
-        self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self.url, self.retries, self.backoff = url.rstrip("/"), retries, backoff
+        self.http = httpx.AsyncClient(base_url=self.url, **_http_options(api_key, timeout, transport))
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         for attempt in range(self.retries + 1):

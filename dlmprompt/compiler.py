@@ -242,21 +242,19 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
             auto = auto.with_pad(tok.pad_id)
         if constrained and grammar is None:
             _check_length(part, auto, n)
-        slots.append(
-            SlotLayout(
-                name=part.name,
-                index=len(slots),
-                start=len(ids),
-                length=n,
-                mode=part.length.mode,
-                automaton=auto,
-                constraint=part.constraint,
-                grammar=grammar,
-            )
+        _add_span(
+            ids,
+            slot_of,
+            prompt_flags,
+            slots,
+            mask_id,
+            name=part.name,
+            length=n,
+            mode=part.length.mode,
+            automaton=auto,
+            constraint=part.constraint,
+            grammar=grammar,
         )
-        ids.extend([mask_id] * n)
-        slot_of.extend([len(slots) - 1] * n)
-        prompt_flags.extend([False] * n)
 
     layout = Layout(
         canvas=np.asarray(ids, dtype=np.int64),
@@ -305,22 +303,20 @@ def _lay_out_json(
         compiled = _json_grammar(c, tok)
         if not isinstance(compiled, str):
             n = min(max(len(compiled.witness) + 2 * cap, 4 * cap), 4096)
-            slots.append(
-                SlotLayout(
-                    name=f"{part.name}#0",
-                    index=len(slots),
-                    start=len(ids),
-                    length=n,
-                    mode="at_most",
-                    automaton=unconstrained_automaton(tok, with_pad=True),
-                    constraint=c,
-                    parent=part.name,
-                    grammar=compiled,
-                )
+            _add_span(
+                ids,
+                slot_of,
+                prompt_flags,
+                slots,
+                mask_id,
+                name=f"{part.name}#0",
+                length=n,
+                mode="at_most",
+                automaton=unconstrained_automaton(tok, with_pad=True),
+                constraint=c,
+                parent=part.name,
+                grammar=compiled,
             )
-            ids.extend([mask_id] * n)
-            slot_of.extend([len(slots) - 1] * n)
-            prompt_flags.extend([False] * n)
             return [
                 f"the whole value is one context-free span (llguidance, left to right) instead of a template: {why}"
             ]
@@ -341,22 +337,31 @@ def _lay_out_json(
         else:
             auto = unconstrained_automaton(tok, with_pad=True)
             n = budget
-        slots.append(
-            SlotLayout(
-                name=f"{part.name}#{k}",
-                index=len(slots),
-                start=len(ids),
-                length=n,
-                mode="at_most",
-                automaton=auto,
-                constraint=Regex(pattern=piece.regex),
-                parent=part.name,
-            )
+        _add_span(
+            ids,
+            slot_of,
+            prompt_flags,
+            slots,
+            mask_id,
+            name=f"{part.name}#{k}",
+            length=n,
+            mode="at_most",
+            automaton=auto,
+            constraint=Regex(pattern=piece.regex),
+            parent=part.name,
         )
-        ids.extend([mask_id] * n)
-        slot_of.extend([len(slots) - 1] * n)
-        prompt_flags.extend([False] * n)
     return template.notes
+
+
+def _add_span(
+    ids: list[int], slot_of: list[int], prompt_flags: list[bool], slots: list[SlotLayout], mask_id: int, **fields: Any
+) -> None:
+    """Append a slot span of ``fields["length"]`` masked positions to the canvas being built."""
+    n = fields["length"]
+    slots.append(SlotLayout(index=len(slots), start=len(ids), **fields))
+    ids.extend([mask_id] * n)
+    slot_of.extend([len(slots) - 1] * n)
+    prompt_flags.extend([False] * n)
 
 
 def _json_grammar(c: Json, tok: Tokenizer) -> Any:
