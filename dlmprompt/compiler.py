@@ -366,11 +366,11 @@ def _add_span(
 
 def _json_grammar(c: Json, tok: Tokenizer) -> Any:
     """llguidance's compact-JSON grammar for a JSON constraint, or the reason it cannot serve."""
-    from .jsongrammar import closed_objects, compile_json_grammar
+    from .jsongrammar import closed_objects, compile_json_grammar, ref_overrides_siblings
 
     if c.indent is not None:
         return "indented layouts are templates only"
-    schema: Any = c.json_schema
+    schema: Any = ref_overrides_siblings(c.json_schema)
     if c.additional_properties is False:
         schema = closed_objects(schema)
         if schema is None:

@@ -45,6 +45,24 @@ def _drop_format(schema: Any, fmt: str) -> Any:
     return schema
 
 
+def ref_overrides_siblings(schema: Any) -> Any:
+    """Drafts 3 to 7: ``$ref`` overrides its sibling keywords, so they are dropped (llguidance
+    applies them, as 2019-09 on does)."""
+    if not (isinstance(schema, dict) and re.search(r"draft-0[3-7]", str(schema.get("$schema", "")))):
+        return schema
+
+    def walk(node: Any, top: bool) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node and not top:
+                return {"$ref": node["$ref"]}
+            return {k: walk(v, False) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, False) for v in node]
+        return node
+
+    return walk(schema, True)
+
+
 def closed_objects(schema: Any) -> Any | None:
     """The schema with ``additionalProperties: false`` on every object that names its properties
     (``additional_properties=False``); None where that would change more than intended (allOf)."""

@@ -391,6 +391,8 @@ class _Ctx:
         self.additional = additional
         self.notes: list[str] = []
         self.refs: list[str] = []
+        # drafts 3 to 7: "$ref" overrides its sibling keywords (2019-09 on: they apply too)
+        self.ref_overrides = isinstance(root, dict) and bool(re.search(r"draft-0[3-7]", str(root.get("$schema", ""))))
 
     # whitespace
     def open_sep(self, depth: int) -> str:
@@ -482,7 +484,7 @@ def _resolve(ctx: _Ctx, schema: Any, path: str) -> tuple[Any, str | None]:
             else:
                 raise ctx.refuse(path, f"$ref {ref!r} points to nothing in this schema")
     siblings = {k: v for k, v in schema.items() if k != "$ref" and k not in _ANNOTATIONS}
-    if siblings:
+    if siblings and not ctx.ref_overrides:
         if not isinstance(target, dict):
             target = {} if target is True else {"not": {}}
         target = {"allOf": [target, siblings]}
