@@ -92,16 +92,10 @@ def _candidates(schema: Any, root: Any, depth: int = 0) -> list[Any]:
         return [None, 0, ""]
     if not isinstance(schema, dict):
         return []
-    if "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith("#"):
-        node: Any = root
-        for part in schema["$ref"][1:].split("/"):
-            if not part:
-                continue
-            part = part.replace("~1", "/").replace("~0", "~")
-            node = node.get(part) if isinstance(node, dict) else None
-        rest = {k: v for k, v in schema.items() if k != "$ref"}
-        if isinstance(node, dict):
-            return _candidates({**node, **rest}, root, depth + 1)
+    if "$ref" in schema:
+        resolved = _resolve(schema, root)
+        if resolved is not schema:
+            return _candidates(resolved, root, depth + 1)
     if "const" in schema:
         return [schema["const"]]
     if schema.get("enum"):
