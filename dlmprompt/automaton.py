@@ -110,6 +110,9 @@ class TokenAutomaton:
         pad token leads to a pad state that only loops on pad."""
         if self.pad_class is not None:
             return self
+        cached = self.__dict__.get("_padded")
+        if cached is not None and cached[0] == pad_id:
+            return cached[1]  # one object per constraint: the sampler batches slots that share it
         q = self.n_states
         c = self.n_classes
         ns = np.full((c + 1, q + 1), -1, dtype=np.int32)
@@ -121,7 +124,9 @@ class TokenAutomaton:
             raise CompileError(f"the pad token {pad_id} spells text; it cannot end a value")
         tc[pad_id] = c
         acc = np.append(self.accept, True)
-        return TokenAutomaton(tc, ns, self.start, acc, self.description, pad_class=c)
+        padded = TokenAutomaton(tc, ns, self.start, acc, self.description, pad_class=c)
+        self.__dict__["_padded"] = (pad_id, padded)
+        return padded
 
 
 # --------------------------------------------------------------------------- construction

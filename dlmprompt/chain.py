@@ -171,3 +171,104 @@ def run_chain(
                 logw[k] = _lse1(x) - z
             k += 1
     return ChainResult(classes, logw)
+
+
+def run_chains(
+    auto: TokenAutomaton,
+    committed: list[np.ndarray],
+    logP: np.ndarray,
+    *,
+    noise: np.ndarray | None,
+    logP_conf: np.ndarray | None = None,
+    need_weights: bool = True,
+) -> ChainResult:
+    """:func:`run_chain` for several slots that share one automaton, vectorised over the slots.
+
+    ``committed[b]`` is slot b's committed classes (-1: masked); ``logP`` / ``noise`` /
+    ``logP_conf`` hold the masked positions of slot 0, then slot 1, ... (the order the sampler
+    gathers them in). Slots of different lengths are aligned by padding the shorter ones with an
+    identity step (a virtual class that keeps the state), so one loop over positions serves all.
+    Returns the classes of every masked position and, with ``need_weights``, their constrained
+    class weights. Given the same noise it draws what :func:`run_chain` draws slot by slot.
+    """
+    b = len(committed)
+    n = max(len(c) for c in committed)
+    q = auto.n_states
+    c_n = auto.n_classes
+    # transitions with a dead state q (absorbing) and the identity class c_n
+    nx = np.full((c_n + 1, q + 1), q, dtype=np.int64)
+    nx[:c_n, :q] = np.where(auto.next_state >= 0, auto.next_state, q)
+    nx[c_n, :] = np.arange(q + 1)
+    masked = np.zeros((b, n), dtype=bool)
+    for i, c in enumerate(committed):
+        masked[i, : len(c)] = c < 0
+    bi, ji = np.nonzero(masked)  # row-major: slot 0's masked positions first, in order
+
+    def weights(lp: np.ndarray) -> np.ndarray:
+        w = np.full((b, n, c_n + 1), NEG)
+        w[bi, ji, :c_n] = lp
+        for i, c in enumerate(committed):
+            fixed = np.nonzero(c >= 0)[0]
+            w[i, fixed, c[fixed]] = 0.0
+            w[i, len(c) :, c_n] = 0.0
+        return w
+
+    def backward_all(w: np.ndarray, maximize: bool) -> np.ndarray:
+        beta = np.full((b, n + 1, q + 1), NEG)
+        beta[:, n, :q] = np.where(auto.accept, 0.0, NEG)
+        for j in range(n - 1, -1, -1):
+            x = w[:, j, :, None] + beta[:, j + 1][:, nx[:, :q]]  # [B, C+1, Q]
+            beta[:, j, :q] = x.max(axis=1) if maximize else _lse_axis(x, 1)
+        return beta
+
+    w_s = weights(logP)
+    beta = backward_all(w_s, maximize=noise is None)
+    if not np.isfinite(beta[:, 0, auto.start]).all():
+        raise DLMPromptError(
+            f"internal error: slot with {auto.description} cannot be completed from its committed "
+            "tokens; please report this with the prompt"
+        )
+    g = np.zeros((b, n, c_n + 1))
+    if noise is not None:
+        g[bi, ji, :c_n] = noise
+    classes = np.full((b, n), -1, dtype=np.int64)
+    s = np.full(b, auto.start, dtype=np.int64)
+    rows = np.arange(b)
+    for j in range(n):
+        scores = w_s[:, j] + beta[:, j + 1][rows[:, None], nx[:, s].T] + g[:, j]  # [B, C+1]
+        c = scores.argmax(axis=1)
+        if not np.isfinite(scores[rows, c]).all():
+            raise DLMPromptError(
+                f"internal error: no valid token for a slot with {auto.description}; please report this"
+            )
+        classes[:, j] = c
+        s = nx[c, s]
+    logw = None
+    if need_weights:
+        w_c = w_s if logP_conf is None else weights(logP_conf)
+        beta_c = beta if (logP_conf is None and noise is not None) else backward_all(w_c, maximize=False)
+        z = beta_c[:, 0, auto.start]
+        alpha = np.full((b, q + 1), NEG)
+        alpha[:, auto.start] = 0.0
+        logw_all = np.full((b, n, c_n), np.nan)
+        flat_to = (rows[:, None, None] * (q + 1) + nx[None, :, :q]).reshape(-1)
+        for j in range(n):
+            x = alpha[:, None, :q] + beta_c[:, j + 1][:, nx[:c_n, :q]]  # [B, C, Q]
+            logw_all[:, j] = _lse_axis(x, 2) - z[:, None]
+            y = (alpha[:, None, :q] + w_c[:, j, :, None]).reshape(-1)  # [B*(C+1)*Q]
+            m = np.max(np.where(np.isfinite(y), y, NEG).reshape(b, -1), axis=1)
+            safe = np.where(np.isfinite(m), m, 0.0)
+            e = np.exp(y - np.repeat(safe, (c_n + 1) * q))
+            sums = np.bincount(flat_to, e, minlength=b * (q + 1)).reshape(b, q + 1)
+            with np.errstate(divide="ignore"):
+                alpha = np.log(sums) + safe[:, None]
+            alpha[:, q] = NEG
+        logw = logw_all[bi, ji]
+    return ChainResult(classes[bi, ji], logw)
+
+
+def _lse_axis(a: np.ndarray, axis: int) -> np.ndarray:
+    mx = a.max(axis=axis, keepdims=True)
+    safe = np.where(np.isfinite(mx), mx, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(np.log(np.exp(a - safe).sum(axis=axis, keepdims=True)) + safe, axis=axis)

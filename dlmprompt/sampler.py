@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .automaton import TokenAutomaton
-from .chain import FLOOR, run_chain
+from .chain import FLOOR, run_chains
 from .compiler import Program, SlotLayout, compile
 from .denoiser import describe
 from .errors import BackendError
@@ -182,6 +182,7 @@ class _Row:
         fixed_pos: list[int] = []  # committed by grammar cursors, left to right in their slots
         fixed_tok: list[int] = []
         fixed_conf: list[float] = []
+        groups: dict[int, list[tuple[SlotLayout, np.ndarray, np.ndarray]]] = {}
         for slot in prog.layout.slots:
             cursor = self.cursors.get(slot.index)
             if cursor is not None:
@@ -197,8 +198,11 @@ class _Row:
             want = in_block[pos]
             if not want.any():
                 continue
-            out = self._slot_step(slot, pos, want, logits, v, temp, need_q)
-            cand_pos.append(pos[want])
+            groups.setdefault(id(slot.automaton), []).append((slot, pos, want))
+        # slots that share an automaton (one per constraint) share their tensor work
+        for members in groups.values():
+            out = self._group_step(members, logits, v, temp, need_q)
+            cand_pos.append(np.concatenate([pos[want] for _, pos, want in members]))
             cand_tok.append(out[0])
             cand_conf.append(out[1])
             if need_q:
@@ -253,17 +257,27 @@ class _Row:
         noise = _gumbel((v,), self.gen).numpy() if temp > 0 else None
         return cursor.advance(logp, noise, block_stop)
 
-    def _slot_step(
+    def _noise(self, shape: tuple[int, ...], dev: torch.device) -> torch.Tensor:
+        """Gumbel noise drawn on the logits' device, float32, from a seed the row's generator gives:
+        a row's stream does not depend on its batch, and nothing of size V crosses to the host."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.gen))
+        g = torch.Generator(device=dev)
+        g.manual_seed(seed)
+        u = torch.rand(shape, generator=g, device=dev, dtype=torch.float32)
+        return -torch.log(-torch.log(u.clamp_(min=1e-38)))
+
+    def _group_step(
         self,
-        slot: SlotLayout,
-        pos: np.ndarray,
-        want: np.ndarray,
+        members: list[tuple[SlotLayout, np.ndarray, np.ndarray]],
         logits: torch.Tensor,
         v: int,
         temp: float,
         need_q: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        auto = slot.automaton
+        """Candidates of every slot that shares one automaton: the class masses of all their
+        masked positions in one pass, one host transfer, one chain per slot, then the tokens of
+        all wanted positions in one pass."""
+        auto = members[0][0].automaton
         dev = logits.device
         cls = _classes(auto, dev)
         c = auto.n_classes
@@ -271,8 +285,10 @@ class _Row:
         two = temp > 0 and temp != 1.0  # tempered sampling distribution
         # a sampling distribution of its own (tempered masses, or per-class maxima when greedy)
         separate = two or (greedy and not auto.trivial)
+        pos = np.concatenate([p for _, p, _ in members])
+        want = np.concatenate([w for _, _, w in members])
         pos_t = torch.from_numpy(pos).to(dev)
-        # pass 1: log-normalisers and log class masses of every masked position of the slot
+        # pass 1: log-normalisers and log class masses of every masked position of the slots
         lse = torch.empty(len(pos), dtype=torch.float32, device=dev)
         log_mass = torch.empty(len(pos), c, dtype=torch.float64, device=dev)
         log_mass_s = torch.empty(len(pos), c, dtype=torch.float64, device=dev) if separate else log_mass
@@ -285,47 +301,48 @@ class _Row:
                 log_mass_s[i : i + _CHUNK] = self._log_class_mass(lgs, torch.logsumexp(lgs, dim=1), cls, auto)
             elif separate:
                 log_mass_s[i : i + _CHUNK] = self._log_class_max(lg, lse[i : i + _CHUNK], cls, auto)
-        log_mass = np.maximum(log_mass.cpu().numpy(), FLOOR)
-        log_mass_s = np.maximum(log_mass_s.cpu().numpy(), FLOOR) if separate else log_mass
+        host = (torch.stack([log_mass, log_mass_s]) if separate else log_mass[None]).cpu().numpy()
+        log_mass_np = np.maximum(host[0], FLOOR)
+        log_mass_s_np = np.maximum(host[-1], FLOOR)
         if auto.trivial:
             classes = np.zeros(len(pos), dtype=np.int64)
-            logw = -log_mass
+            logw = -log_mass_np
         else:
-            seg = self.canvas[slot.start : slot.stop]
-            committed = np.where(seg == self.program.mask_id, -1, auto.token_class[seg]).astype(np.int64)
-            noise = _gumbel((len(pos), c), self.gen).numpy() if temp > 0 else None
-            res = run_chain(
+            committed = []
+            for slot, _, _ in members:
+                seg = self.canvas[slot.start : slot.stop]
+                committed.append(np.where(seg == self.program.mask_id, -1, auto.token_class[seg]).astype(np.int64))
+            res = run_chains(
                 auto,
                 committed,
-                log_mass_s,
-                noise=noise,
-                want=want,
-                logP_conf=log_mass if separate else None,
+                log_mass_s_np,
+                noise=_gumbel((len(pos), c), self.gen).numpy() if temp > 0 else None,
+                logP_conf=log_mass_np if separate else None,
             )
             classes = res.classes
             logw = res.logw  # type: ignore[assignment]
         # pass 2: tokens, confidences (and full marginals if the strategy needs them) of candidates
         wi = np.nonzero(want)[0]
+        cls_w = torch.from_numpy(classes[wi]).to(dev)
+        logw_w = torch.from_numpy(logw[wi]).to(dev)  # [k, C]
+        wi_t = torch.from_numpy(wi).to(dev)
         toks, confs, logqs = [], [], []
         for i in range(0, len(wi), _CHUNK):
-            rows = wi[i : i + _CHUNK]
-            rows_t = torch.from_numpy(rows).to(dev)
+            rows_t = wi_t[i : i + _CHUNK]
+            ccls = cls_w[i : i + _CHUNK]
+            lw = logw_w[i : i + _CHUNK]
             lg = _clean(logits[pos_t[rows_t], :v])
-            pert = lg.double() / temp if temp > 0 else lg.double()
-            if temp > 0:
-                pert = pert + _gumbel(tuple(pert.shape), self.gen).to(dev)
-            ccls = torch.from_numpy(classes[rows]).to(dev)
+            pert = lg / temp + self._noise(tuple(lg.shape), dev) if temp > 0 else lg
             allowed = cls.token_class.unsqueeze(0) == ccls.unsqueeze(1)
             tok = torch.where(allowed, pert, torch.tensor(-torch.inf, dtype=pert.dtype, device=dev)).argmax(1)
-            lw = torch.from_numpy(logw[rows]).to(dev)  # [k, C]
             logp_tok = lg.gather(1, tok.unsqueeze(1)).squeeze(1) - lse[rows_t]
             conf = (logp_tok.double() + lw.gather(1, ccls.unsqueeze(1)).squeeze(1)).exp().clamp(max=1.0)
             toks.append(tok)
             confs.append(conf)
             if need_q:
-                lw_full = torch.cat([lw, torch.full((len(rows), 1), -torch.inf, dtype=lw.dtype, device=dev)], 1)
+                lw_full = torch.cat([lw, torch.full((len(rows_t), 1), -torch.inf, dtype=lw.dtype, device=dev)], 1)
                 logq = (lg - lse[rows_t].unsqueeze(1)).double() + lw_full.gather(
-                    1, cls.index.unsqueeze(0).expand(len(rows), -1)
+                    1, cls.index.unsqueeze(0).expand(len(rows_t), -1)
                 )
                 logqs.append(logq)
         return (

@@ -1,0 +1,66 @@
+"""The sampler on a CUDA device: models in float32 and bfloat16, every constraint holding, batches,
+determinism, and the GPU benchmark's path. Skipped where torch sees no CUDA device (CI); run on a
+GPU machine with `python -m pytest tests/test_gpu.py`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import MIXED_PROMPT, check_result
+
+import dlmprompt
+from dlmprompt import compile, generate
+from dlmprompt.records import FAMILIES, extraction_prompt
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+TEXT = "Meet Ada Lovelace, 36, from London (email: ada@example.org)."
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_embedded_model_on_cuda_keeps_every_constraint(dtype) -> None:
+    den = dlmprompt.load(device="cuda", dtype=dtype)
+    assert den.device.type == "cuda"
+    assert next(den.model.parameters()).dtype == dtype
+    progs = [compile(extraction_prompt(f, TEXT), den.tokenizer) for f in FAMILIES]
+    progs += [
+        compile(MIXED_PROMPT.with_sampling(steps=s, temperature=t), den.tokenizer) for s, t in [(4, 0.0), (9, 1.0)]
+    ]
+    first = generate(den, progs, generator=torch.Generator().manual_seed(0))
+    again = generate(den, progs, generator=torch.Generator().manual_seed(0))
+    for prog, a, b in zip(progs, first, again):
+        check_result(prog, a)
+        assert np.array_equal(a.canvas, b.canvas), "same seed, same device: same output"
+    # a batch gives what each program gives alone with its own generator
+    alone = [generate(den, [p], generator=[torch.Generator().manual_seed(7)])[0] for p in progs[-2:]]
+    batch = generate(den, progs[-2:], generator=[torch.Generator().manual_seed(7) for _ in range(2)])
+    for x, y in zip(alone, batch):
+        assert np.array_equal(x.canvas, y.canvas)
+
+
+def test_greedy_extraction_agrees_between_cpu_and_cuda() -> None:
+    """float32 greedy decoding of the trained model: the same record on both devices."""
+    prompt = extraction_prompt("person", TEXT).with_sampling(temperature=0.0)
+    cpu = dlmprompt.load()
+    gpu = dlmprompt.load(device="cuda")
+    a = generate(cpu, compile(prompt, cpu.tokenizer))
+    b = generate(gpu, compile(prompt, gpu.tokenizer))
+    assert a.values == b.values
+
+
+def test_gpu_step_benchmark_small_runs_on_cuda(tmp_path) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_step
+
+    out = tmp_path / "gpu_step.json"
+    assert gpu_step.main(["--small", "--json", str(out), "--repeats", "2"]) == 0
+    data = json.loads(out.read_text())
+    assert data["device"] == torch.cuda.get_device_name()
+    assert {r["canvas"] for r in data["shapes"]} == {64, 128}
+    assert all(r["step_ms"] > 0 and r["step_ms_constrained"] > 0 for r in data["shapes"])
