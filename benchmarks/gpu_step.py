@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--json")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--profile", action="store_true", help="print where one constrained step's time goes")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.small:
@@ -194,12 +195,24 @@ def main(argv: list[str] | None = None) -> int:
     for name, opts in (("unconstrained", {"constraints": False}), ("constrained", {})):
         prog = compile(record, tok, **opts)
         run = lambda prog=prog: generate(den, prog, generator=torch.Generator().manual_seed(0))  # noqa: E731
-        gen[name + "_ms"] = round(timed(device, run), 1)
+        run()  # warm-up: first use of this shape
+        gen[name + "_ms"] = round(statistics.median(timed(device, run) for _ in range(3)), 1)
     cols = ["canvas", "batch", "forward_ms", "step_ms", "step_ms_constrained", "overhead_pct"]
     print(" | ".join(cols))
     for r in rows_out:
         print(" | ".join(str(r[c]) for c in cols))
     print(f"JSON record, 8 steps: unconstrained {gen['unconstrained_ms']} ms, constrained {gen['constrained_ms']} ms")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        prompt = fill_to(tok, canvases[-1]).with_sampling(steps=32, temperature=1.0)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        for label, prog in (("unconstrained", compile(prompt, tok, constraints=False)), ("constrained", cons)):
+            with profile(activities=acts) as prof:
+                step_once(den, [prog])
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(f"--- one {label} step, canvas {canvases[-1]}, batch 1")
+            print(prof.key_averages().table(sort_by=key, row_limit=14))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device {name}, {time.perf_counter() - t0:.0f}s")
     if args.json:

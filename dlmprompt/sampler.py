@@ -32,6 +32,7 @@ from .spec import Prompt
 from .strategies import make_remasking
 
 _CHUNK = 128  # rows of [chunk, V] temporaries at a time
+_DENSE_LIMIT = 1 << 24  # largest V * C class-indicator matrix kept per automaton and device
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +111,21 @@ class _Classes:
         self.index = torch.where(tc >= 0, tc, torch.full_like(tc, c)).to(device)  # dump column c
         self.token_class = tc.to(device)
         self.disallowed = torch.from_numpy(np.nonzero(auto.token_class < 0)[0]).to(device)
+        self.device = device
+        self.n_classes = c
+        # class sums as one matrix product (no atomics into a few columns) while [V, C] stays small
+        self.dense = not auto.trivial and len(tc) * c <= _DENSE_LIMIT
+        self._onehot: dict[torch.dtype, torch.Tensor] = {}
+
+    def onehot(self, dtype: torch.dtype) -> torch.Tensor:
+        """[V, C] indicator of each token's class (rows of disallowed tokens are zero)."""
+        hit = self._onehot.get(dtype)
+        if hit is None:
+            c = self.n_classes
+            hit = torch.zeros(len(self.index), c + 1, dtype=dtype, device=self.device)
+            hit[torch.arange(len(self.index), device=self.device), self.index] = 1
+            hit = self._onehot[dtype] = hit[:, :c].contiguous()
+        return hit
 
 
 _CLASS_CACHE: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, _Classes]] = weakref.WeakKeyDictionary()
@@ -216,21 +232,22 @@ class _Row:
             conf = torch.cat(cand_conf)
             logq_all = torch.cat(cand_logq) if need_q else None
             score = self.strategy.score(conf, logq_all, len(positions), self.gen)
+            # one transfer to the host for the whole row: scores, tokens, confidences
+            host = torch.stack([score.double(), tokens.double(), conf.double()]).cpu().numpy()
+            score_np, tok_np, conf_np = host[0], host[1].astype(np.int64), host[2]
             if self.sched.threshold is not None:
-                pick = torch.nonzero(conf >= self.sched.threshold).flatten()
-                if len(pick) == 0 and len(chosen) == 0:
-                    pick = torch.argmax(score).reshape(1)
+                pick_np = np.nonzero(conf_np >= self.sched.threshold)[0]
+                if len(pick_np) == 0 and len(chosen) == 0:
+                    pick_np = np.array([int(np.argmax(score_np))])
             else:
                 counts = self.sched.counts[self.block]
                 k = counts[self.step_in_block] if self.step_in_block < len(counts) else len(positions)
                 k = min(k, len(positions))
                 # stable order: ties go to the leftmost position
-                order = torch.sort(score.double().cpu(), descending=True, stable=True).indices
-                pick = order[:k]
-            pick_np = pick.cpu().numpy()
+                pick_np = np.argsort(-score_np, kind="stable")[:k]
             chosen = np.concatenate([chosen, positions[pick_np]])
-            chosen_tok = np.concatenate([chosen_tok, tokens.cpu().numpy()[pick_np]])
-            chosen_conf = np.concatenate([chosen_conf, conf.double().cpu().numpy()[pick_np]])
+            chosen_tok = np.concatenate([chosen_tok, tok_np[pick_np]])
+            chosen_conf = np.concatenate([chosen_conf, conf_np[pick_np]])
         self.canvas[chosen] = chosen_tok
         self.steps += 1
         self.step_in_block += 1
@@ -302,6 +319,18 @@ class _Row:
             elif separate:
                 log_mass_s[i : i + _CHUNK] = self._log_class_max(lg, lse[i : i + _CHUNK], cls, auto)
         host = (torch.stack([log_mass, log_mass_s]) if separate else log_mass[None]).cpu().numpy()
+        if not auto.trivial:
+            # a class whose every token underflowed: redo those rows in log space (rare; one more sync)
+            for k in range(host.shape[0]):
+                redo = np.nonzero(np.isneginf(host[k]).any(axis=1))[0]
+                if len(redo) == 0:
+                    continue
+                lg = _clean(logits[pos_t[torch.from_numpy(redo).to(dev)], :v])
+                if k == 1 and two:
+                    lg = lg.double() / temp
+                elif k == 1:  # greedy: class maxima never underflow
+                    continue
+                host[k][redo] = self._log_class_mass_exact(lg, torch.logsumexp(lg, dim=1), cls, auto).cpu().numpy()
         log_mass_np = np.maximum(host[0], FLOOR)
         log_mass_s_np = np.maximum(host[-1], FLOOR)
         if auto.trivial:
@@ -355,26 +384,30 @@ class _Row:
     def _log_class_mass(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
         """log of the probability summed over each class's tokens, [k, C] float64.
 
-        Fast path in linear space; rows where a class underflows to zero are redone in log space,
-        so a class the model dislikes by hundreds of nats keeps its true (tiny) relative weight."""
+        In linear space: a class whose every token underflows comes out as -inf, and the caller
+        redoes such rows with :meth:`_log_class_mass_exact`, so a class the model dislikes by
+        hundreds of nats keeps its true (tiny) relative weight."""
         p = torch.exp(lg - lse.unsqueeze(1))
         if auto.trivial:
             allowed = 1.0 - p[:, cls.disallowed].double().sum(dim=1, keepdim=True)
             return torch.log(allowed.clamp(min=0.0))
-        acc = torch.zeros(lg.shape[0], auto.n_classes + 1, dtype=p.dtype, device=lg.device)
-        acc.index_add_(1, cls.index, p)
-        acc = acc[:, : auto.n_classes]
-        out = torch.log(acc.double())
-        redo = (acc == 0).any(dim=1)
-        if bool(redo.any()):
-            sub = lg[redo]
-            idx = cls.index.unsqueeze(0).expand(sub.shape[0], -1)
-            cmax = torch.full((sub.shape[0], auto.n_classes + 1), -torch.inf, dtype=sub.dtype, device=lg.device)
-            cmax.scatter_reduce_(1, idx, sub, reduce="amax", include_self=True)
-            e = torch.exp(sub - cmax.gather(1, idx))
-            s = torch.zeros_like(cmax).index_add_(1, cls.index, e)
-            out[redo] = (torch.log(s) + cmax)[:, : auto.n_classes].double() - lse[redo].double().unsqueeze(1)
-        return out
+        if cls.dense:
+            acc = p @ cls.onehot(p.dtype)
+        else:
+            acc = torch.zeros(lg.shape[0], auto.n_classes + 1, dtype=p.dtype, device=lg.device)
+            acc.index_add_(1, cls.index, p)
+            acc = acc[:, : auto.n_classes]
+        return torch.log(acc.double())
+
+    @staticmethod
+    def _log_class_mass_exact(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
+        """:meth:`_log_class_mass` in log space (per-class maxima first): no class underflows."""
+        idx = cls.index.unsqueeze(0).expand(lg.shape[0], -1)
+        cmax = torch.full((lg.shape[0], auto.n_classes + 1), -torch.inf, dtype=lg.dtype, device=lg.device)
+        cmax.scatter_reduce_(1, idx, lg, reduce="amax", include_self=True)
+        e = torch.exp(lg - cmax.gather(1, idx))
+        s = torch.zeros_like(cmax).index_add_(1, cls.index, e)
+        return (torch.log(s) + cmax)[:, : auto.n_classes].double() - lse.double().unsqueeze(1)
 
     @staticmethod
     def _log_class_max(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:

@@ -38,6 +38,9 @@ def test_tiny_class_masses_keep_their_relative_weight(byte_tok) -> None:
     table = {"x": 100.0, "7": -30.0, "3": -60.0, "a": -30.0, "b": -30.0}
     outs = _first(byte_tok, "7a|3b", table, temperature=0.2, seeds=40, default=-1e4)
     assert outs.count("7a") == 40
+    # at temperature 1 both class masses underflow float32 (e^-130): the log-space redo keeps them apart
+    outs = _first(byte_tok, "7a|3b", table, temperature=1.0, seeds=40, default=-1e4)
+    assert outs.count("7a") == 40
 
 
 def test_greedy_follows_the_model_beyond_float_underflow(byte_tok) -> None:
