@@ -68,6 +68,11 @@ def from_transformers(model: Any, tokenizer: Any, **ids: int) -> TransformersDen
     model config (and generation config); pass ``mask_id=...`` (and pad_id / eos_id / bos_id) to
     override."""
     family, shift = _family(model.config)
+    if family == "diffusion_gemma":
+        from .blockdiffusion import DiffusionGemmaDenoiser, diffusion_gemma_tokenizer
+
+        tok = tokenizer if isinstance(tokenizer, Tokenizer) else diffusion_gemma_tokenizer(tokenizer, model, ids)
+        return DiffusionGemmaDenoiser(model, tok)  # type: ignore[return-value]
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else _wrap_tokenizer(tokenizer, model, ids)
     return TransformersDenoiser(model, tok, shift=shift, family=family)
 
@@ -97,14 +102,12 @@ def _family(config: Any) -> tuple[str, bool]:
     if model_type.startswith("dream") or any("dream" in a or "diffucoder" in a for a in archs):
         return "dream", True
     if "diffusion_gemma" in model_type or any("diffusiongemma" in a for a in archs):
-        raise BackendError(
-            "DiffusionGemma (uniform-noise block diffusion) is not supported yet; supported: masked LMs, "
-            "LLaDA-style and Dream-style masked DLMs"
-        )
+        return "diffusion_gemma", False
     raise BackendError(
         f"cannot tell which diffusion family model_type={model_type!r} (architectures {archs}) belongs to; "
         "supported: masked LMs (AutoModelForMaskedLM: BERT, ModernBERT, the embedded model), LLaDA-style "
-        "masked DLMs and Dream-style DLMs with right-shifted logits. For another model, wrap it yourself: "
+        "masked DLMs, Dream-style DLMs with right-shifted logits and DiffusionGemma. For another model, "
+        "wrap it yourself: "
         "TransformersDenoiser(model, Tokenizer.from_hf(tok, mask_id=..., pad_id=..., eos_id=...), shift=...)"
     )
 
@@ -119,7 +122,7 @@ def load(
     """Load a denoiser: the embedded default model (no argument), a local checkpoint folder, or a
     ``dlmprompt serve`` server by URL (``http://host:port``, a :class:`~dlmprompt.client.RemoteBackend`).
 
-    The family (masked LM, LLaDA-style, Dream-style) is read from the config. LLaDA and Dream
+    The family (masked LM, LLaDA-style, Dream-style, DiffusionGemma) is read from the config. LLaDA and Dream
     ship their model code with the checkpoint: pass ``trust_remote_code=True`` to run it.
     """
     if isinstance(name_or_path, str) and name_or_path.startswith(("http://", "https://")):
@@ -153,11 +156,20 @@ def load(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    auto = AutoModelForMaskedLM if family == "masked_lm" else AutoModel
+    if family == "diffusion_gemma":
+        from transformers import AutoModelForImageTextToText as auto
+    else:
+        auto = AutoModelForMaskedLM if family == "masked_lm" else AutoModel
     model = auto.from_pretrained(path, **kwargs)
     if device is not None:
         model = model.to(device)
     hf_tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if family == "diffusion_gemma":
+        from .blockdiffusion import DiffusionGemmaDenoiser, diffusion_gemma_tokenizer
+
+        return DiffusionGemmaDenoiser(  # type: ignore[return-value]
+            model, diffusion_gemma_tokenizer(hf_tok, model, {}), name=str(path)
+        )
     tok = _wrap_tokenizer(hf_tok, model, {})
     return TransformersDenoiser(
         model, tok, shift=shift, family=family, name="dlmprompt-default" if name_or_path is None else str(path)

@@ -77,6 +77,13 @@ class Engine:
     def __init__(self, denoiser: Any, *, max_batch: int = 32, max_queue: int = 128) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
+        if hasattr(denoiser, "block_sample"):
+            from .errors import BackendError
+
+            raise BackendError(
+                f"{type(denoiser).__name__} decodes block by block with its own loop, which the batching "
+                "server does not drive yet; use dlmprompt.generate with it in-process"
+            )
         self.denoiser = denoiser
         self.max_batch = max_batch
         self.max_queue = max_queue

@@ -524,7 +524,14 @@ def sample(
     progs, _ = _as_programs(denoiser, programs)
     gens = _generators(generator, len(progs))
     rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
-    yield from _loop(denoiser, rows)
+    yield from _run(denoiser, rows)
+
+
+def _run(denoiser: Any, rows: list[_Row]) -> Iterator[Step]:
+    if hasattr(denoiser, "block_sample"):  # uniform-noise block diffusion (DiffusionGemma)
+        yield from denoiser.block_sample(rows)
+    else:
+        yield from _loop(denoiser, rows)
 
 
 def _loop(denoiser: Any, rows: list[_Row]) -> Iterator[Step]:
@@ -612,7 +619,7 @@ def generate(
     progs, single = _as_programs(denoiser, programs)
     gens = _generators(generator, len(progs))
     rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
-    for step in _loop(denoiser, rows):
+    for step in _run(denoiser, rows):
         if on_step is not None:
             on_step(step)
     results = [r.result() for r in rows]

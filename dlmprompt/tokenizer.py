@@ -261,9 +261,11 @@ class Tokenizer:
         return list(self._encode(text))
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        """The bytes that ``ids`` spell; special tokens spell nothing."""
+        """The bytes that ``ids`` spell; special tokens, and ids past the tokenizer that a model
+        with a larger embedding may emit without constraints, spell nothing."""
         tb = self.token_bytes
-        return b"".join(tb[i] or b"" for i in ids)
+        n = len(tb)
+        return b"".join((tb[i] or b"") if 0 <= i < n else b"" for i in ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")

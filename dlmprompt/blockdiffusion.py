@@ -1,0 +1,308 @@
+"""Uniform-noise block diffusion (DiffusionGemma) with anchors and exact slot constraints.
+
+DiffusionGemma is not a masked DLM: it encodes the prompt into a KV cache, then decodes the
+answer block by block (``config.canvas_length`` positions). Each block starts as uniformly random
+tokens; every step, the decoder reads the canvas and its previous (tempered) logits
+(self-conditioning), the lowest-entropy positions within an entropy budget keep a token sampled
+from the model, and every other position is renoised with a uniformly random token. The block's
+output is the final step's argmax; it is then encoded into the cache and the next block starts.
+A block ends early once its argmax is stable and its mean entropy under a threshold.
+
+On a dlmprompt layout the text before the first slot is the prompt and blocks start at the
+first slot. Anchors inside a block sit on the canvas at every step and are never renoised. A
+constrained slot never takes a token its automaton forbids: its sampled tokens are one complete
+valid assignment drawn by the forward-backward pass of :mod:`dlmprompt.chain` (positions of later
+blocks count as free, so the slot always stays completable), and its block output is the most
+probable valid assignment (max-product) rather than the raw argmax. Positions without a
+constraint (``constraints=False``) follow the model exactly as transformers' ``generate`` does:
+with one program and ``generator=[torch.Generator().manual_seed(s)]`` the output equals
+``model.generate`` after ``torch.manual_seed(s)`` (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .chain import FLOOR, run_chains
+from .errors import BackendError
+from .sampler import Step, _classes, _clean, _gumbel, _Row
+from .tokenizer import Tokenizer
+
+
+class DiffusionGemmaDenoiser:
+    """A ``DiffusionGemmaForBlockDiffusion`` model driven by dlmprompt's block loop.
+
+    Settings default to the model's generation config (``max_denoising_steps``, ``t_min``,
+    ``t_max``, ``entropy_bound``, ``stability_threshold``, ``confidence_threshold``); a prompt's
+    ``with_sampling(steps=k)`` sets the steps per block. The sampling temperature follows the
+    model's own linear schedule from ``t_max`` to ``t_min``; ``Sampling.temperature`` is not used.
+    """
+
+    family = "diffusion_gemma"
+
+    def __init__(self, model: Any, tokenizer: Tokenizer, *, name: str | None = None, **settings: float) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.mask_id = tokenizer.require_mask()
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.device = next(model.parameters()).device
+        self.canvas_length = int(model.config.canvas_length)
+        self.vocab_size = int(model.config.get_text_config().vocab_size)
+        gc = getattr(model, "generation_config", None)
+        sampler_cfg = getattr(gc, "sampler_config", None)
+        defaults = {
+            "max_denoising_steps": getattr(gc, "max_denoising_steps", None) or 48,
+            "t_min": getattr(gc, "t_min", None) or 0.4,
+            "t_max": getattr(gc, "t_max", None) or 0.8,
+            "entropy_bound": getattr(sampler_cfg, "entropy_bound", None) or 0.1,
+            "stability_threshold": getattr(gc, "stability_threshold", None),
+            "confidence_threshold": getattr(gc, "confidence_threshold", None) or 0.005,
+        }
+        if defaults["stability_threshold"] is None:
+            defaults["stability_threshold"] = 1
+        unknown = set(settings) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown DiffusionGemma settings {sorted(unknown)}; known: {sorted(defaults)}")
+        self.settings = {**defaults, **settings}
+        if not self.settings["t_max"] > self.settings["t_min"]:
+            raise ValueError("t_max must be greater than t_min")
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise BackendError(
+            "DiffusionGemma decodes block by block with its own loop: use dlmprompt.generate / sample "
+            "(the batching server does not drive it yet)"
+        )
+
+    def __repr__(self) -> str:
+        return f"DiffusionGemmaDenoiser({self.name!r}, canvas_length={self.canvas_length}, {self.tokenizer!r})"
+
+    # ------------------------------------------------------------------ the loop
+    def block_sample(self, rows: list[_Row]) -> Iterator[Step]:
+        """Steps of every row; rows whose prompt length, canvas length and steps per block match
+        share forward passes (groups run one after another)."""
+        for r in rows:
+            _check_program(r)
+        groups: dict[tuple[int, int, int], list[_Row]] = {}
+        for r in rows:
+            steps = r.program.spec.sampling.steps or int(self.settings["max_denoising_steps"])
+            groups.setdefault((_first_slot(r), len(r.canvas), steps), []).append(r)
+        for (start, _, steps), members in groups.items():
+            yield from self._run_group(members, start, steps)
+
+    @torch.no_grad()
+    def _run_group(self, rows: list[_Row], start: int, steps: int) -> Iterator[Step]:
+        from transformers import DynamicCache
+
+        model, dev = self.model, self.device
+        cfg = self.settings
+        c_len, vocab = self.canvas_length, self.vocab_size
+        n = len(rows[0].canvas)
+        b = len(rows)
+        gens = [_device_generator(r.gen, dev) for r in rows]
+        chain_gens = [torch.Generator().manual_seed(r.gen.initial_seed() + 1) for r in rows]
+        cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+        enc_in = torch.from_numpy(np.stack([r.canvas[:start] for r in rows])).to(dev)
+        enc_pos = torch.arange(0, start, dtype=torch.int32, device=dev).unsqueeze(0)
+        cur = start
+        emb_dtype = model.get_input_embeddings().weight.dtype
+        while cur < n and any((r.slot_of[cur:] >= 0).any() for r in rows):
+            model.model.encoder(input_ids=enc_in.contiguous(), cache=cache, position_ids=enc_pos)
+            dec_pos = torch.arange(cur, cur + c_len, dtype=torch.int32, device=dev).unsqueeze(0)
+            span = np.arange(cur, cur + c_len)
+            inside = span < n
+            fixed = np.zeros((b, c_len), dtype=bool)
+            anchor = np.zeros((b, c_len), dtype=np.int64)
+            for i, r in enumerate(rows):
+                fixed[i, inside] = r.slot_of[span[inside]] < 0
+                anchor[i, inside] = r.canvas[span[inside]]
+            fixed_t = torch.from_numpy(fixed).to(dev)
+            anchor_t = torch.from_numpy(anchor).to(dev)
+            canvas = torch.cat([torch.randint(0, vocab, (1, c_len), device=dev, generator=g) for g in gens])
+            canvas = torch.where(fixed_t, anchor_t, canvas)
+            argmax = canvas
+            sc: torch.Tensor | None = None
+            finished = torch.zeros(b, dtype=torch.bool, device=dev)
+            history: torch.Tensor | None = None
+            for t in range(steps, 0, -1):
+                logits = model(
+                    cache=cache, decoder_input_ids=canvas, self_conditioning_logits=sc, decoder_position_ids=dec_pos
+                ).logits
+                temp = cfg["t_min"] + (cfg["t_max"] - cfg["t_min"]) * (
+                    torch.tensor(t, device=dev, dtype=torch.int32) / steps
+                )
+                pl = logits / temp
+                probs = torch.softmax(pl, dim=-1, dtype=torch.float32)
+                sampled = torch.cat(
+                    [torch.multinomial(probs[i], 1, generator=g).squeeze(-1)[None] for i, g in enumerate(gens)]
+                )
+                new_argmax = torch.argmax(pl, dim=-1)
+                sampled, new_argmax = self._constrain(rows, cur, pl, sampled, new_argmax, chain_gens)
+                ent = torch.distributions.Categorical(logits=pl).entropy()
+                ent = torch.where(fixed_t, torch.zeros_like(ent), ent)  # anchors cost no budget
+                s_ent, s_idx = torch.sort(ent, dim=-1)
+                keep = (torch.cumsum(s_ent, dim=-1) - s_ent) <= cfg["entropy_bound"]
+                accept = torch.scatter(torch.zeros_like(keep), -1, s_idx, keep)
+                noise = torch.cat([torch.randint(0, vocab, (1, c_len), device=dev, generator=g) for g in gens])
+                new_canvas = torch.where(accept, sampled, noise)
+                new_canvas = torch.where(fixed_t, anchor_t, new_canvas)
+                new_argmax = torch.where(fixed_t, anchor_t, new_argmax)
+                if bool(finished.any()):
+                    new_argmax = torch.where(finished[:, None], argmax, new_argmax)
+                    new_canvas = torch.where(finished[:, None], canvas, new_canvas)
+                    pl = torch.where(finished[:, None, None], sc, pl)  # type: ignore[arg-type]
+                if cfg["stability_threshold"] == 0:
+                    stable = torch.ones(b, dtype=torch.bool, device=dev)
+                else:
+                    if history is None:
+                        k = int(cfg["stability_threshold"])
+                        history = torch.full((k, b, c_len), -1, dtype=new_argmax.dtype, device=dev)
+                    stable = (history == new_argmax[None]).all(-1).all(0)
+                    history = torch.roll(history, shifts=-1, dims=0)
+                    history[-1] = new_argmax
+                confident = torch.distributions.Categorical(logits=pl).entropy().mean(-1) < cfg["confidence_threshold"]
+                was = finished.clone()
+                finished |= stable & confident
+                canvas, argmax = new_canvas, new_argmax
+                sc = pl.to(emb_dtype)
+                yield from self._steps(rows, cur, inside, fixed, accept, canvas, was)
+                if bool(finished.all()):
+                    break
+            out = argmax.cpu().numpy()
+            for i, r in enumerate(rows):
+                keep_pos = inside & ~fixed[i]
+                r.canvas[span[keep_pos]] = out[i, keep_pos]
+            enc_in = argmax
+            enc_pos = dec_pos
+            cur += c_len
+        for r in rows:
+            r.block = len(r.sched.blocks)  # done
+
+    def _steps(
+        self,
+        rows: list[_Row],
+        cur: int,
+        inside: np.ndarray,
+        fixed: np.ndarray,
+        accept: torch.Tensor,
+        canvas: torch.Tensor,
+        was_finished: torch.Tensor,
+    ) -> Iterator[Step]:
+        acc = accept.cpu().numpy()
+        can = canvas.cpu().numpy()
+        done = was_finished.cpu().numpy()
+        for i, r in enumerate(rows):
+            if done[i]:
+                continue
+            r.steps += 1
+            r.passes += 1
+            view = r.canvas.copy()
+            sel = inside & ~fixed[i]
+            pos = np.arange(cur, cur + len(inside))[sel]
+            view[pos] = np.where(acc[i, sel], can[i, sel], r.program.mask_id)
+            took = acc[i, sel]
+            yield Step(
+                row=r.row,
+                index=r.steps - 1,
+                canvas=view,
+                committed=pos[took],
+                tokens=can[i, sel][took],
+                confidences=np.full(int(took.sum()), np.nan),
+                forward_passes=r.passes,
+            )
+
+    def _constrain(
+        self,
+        rows: list[_Row],
+        cur: int,
+        pl: torch.Tensor,
+        sampled: torch.Tensor,
+        argmax: torch.Tensor,
+        chain_gens: list[torch.Generator],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace the sampled and argmax tokens of constrained slot positions in this block by a
+        valid sampled assignment and the most probable valid assignment."""
+        c_len = pl.shape[1]
+        v = self.tokenizer.vocab_size
+        dev = pl.device
+        sampled, argmax = sampled.clone(), argmax.clone()
+        for i, r in enumerate(rows):
+            for slot in r.program.layout.slots:
+                auto = slot.automaton
+                lo, hi = max(slot.start, cur), min(slot.stop, cur + c_len)
+                if lo >= hi or auto.trivial:
+                    continue
+                cls = _classes(auto, dev)
+                seg = r.canvas[slot.start : slot.stop]
+                committed = np.where(seg == r.program.mask_id, -1, auto.token_class[seg]).astype(np.int64)
+                committed[lo - slot.start :] = -1  # this block and later ones are open
+                m = int((committed < 0).sum())
+                here = torch.arange(lo - cur, hi - cur, device=dev)
+                lg = _clean(pl[i, here, :v])
+                lse = torch.logsumexp(lg, dim=1)
+                mass = _Row._log_class_mass_exact(lg, lse, cls, auto).cpu().numpy()
+                cmax = _Row._log_class_max(lg, lse, cls, auto).cpu().numpy()
+                open_later = m - (hi - lo)  # positions of later blocks: every class equally possible
+                pad = np.zeros((open_later, auto.n_classes))
+                lp = np.maximum(np.concatenate([mass, pad]), FLOOR)
+                lp_max = np.maximum(np.concatenate([cmax, pad]), FLOOR)
+                noise = _gumbel((m, auto.n_classes), chain_gens[i]).numpy()
+                draw = run_chains(auto, [committed], lp, noise=noise, need_weights=False).classes[: hi - lo]
+                best = run_chains(auto, [committed], lp_max, noise=None, need_weights=False).classes[: hi - lo]
+                allowed = cls.token_class.unsqueeze(0)
+                g = torch.Generator(device=dev)
+                g.manual_seed(int(torch.randint(0, 2**62, (1,), generator=chain_gens[i])))
+                u = torch.rand(lg.shape, generator=g, device=dev).clamp_(min=1e-38)
+                pert = lg - torch.log(-torch.log(u))
+                ninf = torch.tensor(-torch.inf, device=dev)
+                d = torch.from_numpy(draw).to(dev).unsqueeze(1)
+                bst = torch.from_numpy(best).to(dev).unsqueeze(1)
+                sampled[i, here] = torch.where(allowed == d, pert, ninf).argmax(1)
+                argmax[i, here] = torch.where(allowed == bst, lg, ninf).argmax(1)
+        return sampled, argmax
+
+
+def _device_generator(gen: torch.Generator, device: torch.device) -> torch.Generator:
+    """The row's stream on the model's device (the row generator itself on the CPU)."""
+    if device.type == "cpu":
+        return gen
+    g = torch.Generator(device=device)
+    g.manual_seed(gen.initial_seed())
+    return g
+
+
+def _first_slot(row: _Row) -> int:
+    slots = np.nonzero(row.slot_of >= 0)[0]
+    return int(slots[0]) if len(slots) else len(row.canvas)
+
+
+def _check_program(row: _Row) -> None:
+    prog = row.program
+    for s in prog.layout.slots:
+        if s.grammar is not None:
+            raise BackendError(
+                f"slot {s.name!r}: grammar slots and context-free JSON spans are not supported on "
+                "DiffusionGemma yet; use regex, choice, template JSON or free text"
+            )
+    if prog.schedule.cfg_scale > 0:
+        raise BackendError("classifier-free guidance is not supported on DiffusionGemma yet")
+    if _first_slot(row) == 0:
+        raise BackendError("DiffusionGemma needs a prompt before the first slot (at least the BOS token)")
+
+
+def diffusion_gemma_tokenizer(hf_tokenizer: Any, model: Any, ids: dict[str, int]) -> Tokenizer:
+    """The model's tokenizer, with a placeholder id for slot positions when it has no mask token:
+    DiffusionGemma never reads it (slot positions hold noise), the compiler needs one."""
+    if "mask_id" not in ids and getattr(hf_tokenizer, "mask_token_id", None) is None:
+        reserved = {getattr(hf_tokenizer, k, None) for k in ("pad_token_id", "eos_token_id", "bos_token_id")}
+        special = [i for i in sorted(set(getattr(hf_tokenizer, "all_special_ids", []))) if i not in reserved]
+        if not special:
+            raise BackendError(
+                "the DiffusionGemma tokenizer has no spare special token to mark slot positions; "
+                "pass mask_id= (any special token id the text never uses)"
+            )
+        ids = {**ids, "mask_id": special[0]}
+    return Tokenizer.from_hf(hf_tokenizer, config=model.config.get_text_config(), **ids)

@@ -1,0 +1,151 @@
+"""DiffusionGemma (uniform-noise block diffusion) through transformers' own model class: a tiny
+random DiffusionGemmaForBlockDiffusion saved with save_pretrained and loaded by path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import MIXED_PROMPT, check_result
+
+import dlmprompt
+from dlmprompt import BackendError, Prompt, compile, generate, sample, slot
+
+pytest.importorskip("transformers.models.diffusion_gemma")
+
+
+@pytest.fixture(scope="module")
+def tiny_dg(tmp_path_factory):
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
+
+    tok = HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=290,
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unused0>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["Name: Ada, age 36. Color: red or blue?"] * 20, trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        additional_special_tokens=["<unused0>"],
+    )
+    text = {
+        "vocab_size": 300,  # larger than the tokenizer, as real checkpoints often are
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "global_head_dim": 16,
+        "sliding_window": 32,
+        "num_experts": 2,
+        "top_k_experts": 1,
+        "moe_intermediate_size": 16,
+        "max_position_embeddings": 512,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+    }
+    vision = {
+        "model_type": "gemma4_vision",
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "position_embedding_size": 64,
+    }
+    cfg = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=8)
+    torch.manual_seed(0)
+    model = DiffusionGemmaForBlockDiffusion(cfg)
+    path = tmp_path_factory.mktemp("diffusion_gemma")
+    model.save_pretrained(path)
+    hf.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def den(tiny_dg):
+    from dlmprompt.blockdiffusion import DiffusionGemmaDenoiser
+
+    d = dlmprompt.load(tiny_dg)
+    assert isinstance(d, DiffusionGemmaDenoiser) and d.canvas_length == 8
+    # no mask token in this tokenizer: a spare special token marks slot positions
+    assert d.tokenizer.mask_id == 3 and d.tokenizer.pad_id == 0
+    return d
+
+
+def test_anchors_regex_choice_and_free_text_hold_in_batches(den) -> None:
+    progs = [compile(MIXED_PROMPT.with_sampling(steps=s), den.tokenizer) for s in (3, 6)]
+    other = compile(
+        Prompt("A longer prompt here. Name: ") + slot("name", regex="[A-Z][a-z]+", max_tokens=5), den.tokenizer
+    )
+    results = generate(den, [*progs, other], generator=torch.Generator().manual_seed(0))
+    for prog, res in zip([*progs, other], results):
+        check_result(prog, res)
+        assert res.steps >= 1 and res.forward_passes == res.steps
+    # a batch gives what each program gives alone with its own generator
+    gens = [torch.Generator().manual_seed(5) for _ in range(2)]
+    batch = generate(den, progs, generator=gens)
+    alone = [generate(den, [p], generator=[torch.Generator().manual_seed(5)])[0] for p in progs]
+    for x, y in zip(batch, alone):
+        assert np.array_equal(x.canvas, y.canvas)
+
+
+def test_constraints_hold_over_many_seeds_and_block_boundaries(den) -> None:
+    # slots that straddle the 8-position blocks: values committed in one block must stay completable
+    p = (
+        Prompt("Q")
+        + slot("num", regex="[0-9]{2,4}(\\.[0-9]{1,3})?", max_tokens=9)
+        + " / "
+        + slot("word", choice=["red", "blue", "Ada"], max_tokens=3)
+        + slot("tail", regex="(ab|a )+", max_tokens=10)
+    ).with_sampling(steps=3)
+    prog = compile(p, den.tokenizer)
+    for seed in range(12):
+        check_result(prog, generate(den, prog, generator=torch.Generator().manual_seed(seed)))
+
+
+@pytest.mark.parametrize("new_tokens", [16, 11])
+def test_unconstrained_output_equals_transformers_generate(den, new_tokens) -> None:
+    """Without constraints our loop is DiffusionGemma's own: the same tokens as model.generate
+    from the same seed (the row's generator replays the global RNG stream generate draws from)."""
+    p = (Prompt("Name: Ada") + slot("out", tokens=new_tokens)).with_sampling(steps=5)
+    prog = compile(p, den.tokenizer, constraints=False)
+    start = int(np.nonzero(prog.layout.slot_of >= 0)[0][0])
+    prefix = torch.from_numpy(prog.layout.canvas[:start])[None]
+    for seed in range(3):
+        ours = generate(den, [prog], generator=[torch.Generator().manual_seed(seed)])[0]
+        torch.manual_seed(seed)
+        ref = den.model.generate(prefix, max_new_tokens=new_tokens, max_denoising_steps=5).sequences[0]
+        assert ours.canvas.tolist() == ref[: len(ours.canvas)].tolist()
+
+
+def test_steps_stream_and_special_cases_are_refused(den) -> None:
+    prog = compile(
+        (Prompt("x") + slot("a", choice=["red", "blue"], max_tokens=2)).with_sampling(steps=2), den.tokenizer
+    )
+    steps = list(sample(den, prog, generator=torch.Generator().manual_seed(0)))
+    assert steps and all(s.canvas.shape == prog.layout.canvas.shape for s in steps)
+    with pytest.raises(BackendError, match="grammar slots"):
+        generate(den, Prompt("x") + slot("g", grammar='start: "a" | "b"', max_tokens=2))
+    with pytest.raises(BackendError, match="own loop"):
+        den(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
+
+
+def test_the_batching_server_refuses_it_clearly(den) -> None:
+    from dlmprompt.engine import Engine
+
+    with pytest.raises(BackendError, match="batching server does not drive"):
+        Engine(den)
