@@ -101,3 +101,12 @@ def test_grammar_example_runs_as_written() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("expr=") == 3
+
+
+def test_diffusion_gemma_example_runs_as_written() -> None:
+    pytest.importorskip("transformers.models.diffusion_gemma")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "diffusion_gemma.py")], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("status=") == 3
