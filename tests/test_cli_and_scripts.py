@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dlmprompt.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
