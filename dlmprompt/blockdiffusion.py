@@ -21,6 +21,7 @@ with one program and ``generator=[torch.Generator().manual_seed(s)]`` the output
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,6 +69,9 @@ class DiffusionGemmaDenoiser:
         if unknown:
             raise ValueError(f"unknown DiffusionGemma settings {sorted(unknown)}; known: {sorted(defaults)}")
         self.settings = {**defaults, **settings}
+        # transformers 5.24 names the cache argument `cache`; earlier releases `past_key_values`
+        params = inspect.signature(model.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         if not self.settings["t_max"] > self.settings["t_min"]:
             raise ValueError("t_max must be greater than t_min")
 
@@ -110,7 +114,7 @@ class DiffusionGemmaDenoiser:
         cur = start
         emb_dtype = model.get_input_embeddings().weight.dtype
         while cur < n and any((r.slot_of[cur:] >= 0).any() for r in rows):
-            model.model.encoder(input_ids=enc_in.contiguous(), cache=cache, position_ids=enc_pos)
+            model.model.encoder(input_ids=enc_in.contiguous(), position_ids=enc_pos, **{self._cache_arg: cache})
             dec_pos = torch.arange(cur, cur + c_len, dtype=torch.int32, device=dev).unsqueeze(0)
             span = np.arange(cur, cur + c_len)
             inside = span < n
@@ -129,7 +133,10 @@ class DiffusionGemmaDenoiser:
             history: torch.Tensor | None = None
             for t in range(steps, 0, -1):
                 logits = model(
-                    cache=cache, decoder_input_ids=canvas, self_conditioning_logits=sc, decoder_position_ids=dec_pos
+                    decoder_input_ids=canvas,
+                    self_conditioning_logits=sc,
+                    decoder_position_ids=dec_pos,
+                    **{self._cache_arg: cache},
                 ).logits
                 temp = cfg["t_min"] + (cfg["t_max"] - cfg["t_min"]) * (
                     torch.tensor(t, device=dev, dtype=torch.int32) / steps

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import MIXED_PROMPT, check_result
+from helpers import MIXED_PROMPT, build_tiny_diffusion_gemma, check_result
 
 import dlmprompt
 from dlmprompt import BackendError, Prompt, compile, generate, sample, slot
@@ -16,63 +16,7 @@ pytest.importorskip("transformers.models.diffusion_gemma")
 
 @pytest.fixture(scope="module")
 def tiny_dg(tmp_path_factory):
-    from tokenizers import Tokenizer as HFTok
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion, PreTrainedTokenizerFast
-
-    tok = HFTok(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=290,
-        special_tokens=["<pad>", "<eos>", "<bos>", "<unused0>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["Name: Ada, age 36. Color: red or blue?"] * 20, trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        additional_special_tokens=["<unused0>"],
-    )
-    text = {
-        "vocab_size": 300,  # larger than the tokenizer, as real checkpoints often are
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "layer_types": ["sliding_attention", "full_attention"],
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 16,
-        "global_head_dim": 16,
-        "sliding_window": 32,
-        "num_experts": 2,
-        "top_k_experts": 1,
-        "moe_intermediate_size": 16,
-        "max_position_embeddings": 512,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-    }
-    vision = {
-        "model_type": "gemma4_vision",
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-        "head_dim": 8,
-        "position_embedding_size": 64,
-    }
-    cfg = DiffusionGemmaConfig(text_config=text, vision_config=vision, canvas_length=8)
-    torch.manual_seed(0)
-    model = DiffusionGemmaForBlockDiffusion(cfg)
-    path = tmp_path_factory.mktemp("diffusion_gemma")
-    model.save_pretrained(path)
-    hf.save_pretrained(path)
-    return path
+    return build_tiny_diffusion_gemma(tmp_path_factory.mktemp("diffusion_gemma"))
 
 
 @pytest.fixture(scope="module")
