@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="denoising steps per record (default: one token per step)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    den = dlmprompt.load(args.model)
+    den = dlmprompt.load(args.model)  # first load in this process: includes importing transformers
+    load_s = time.perf_counter() - t0
+    print(f"loaded in {load_s:.2f}s: {den!r}", file=sys.stderr, flush=True)
     tok = den.tokenizer
     recs = make_records(args.n, HELD_OUT_SEED)
     g = torch.Generator().manual_seed(0)
@@ -113,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         "mask_acc": round(correct / seen, 4),
         "unigram_mask_acc": round(uni / seen, 4),
         "masked_tokens": seen,
+        "load_s": round(load_s, 2),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     print("\nmetric | value")
-    for k in ("field_exact", "unconstrained_json_valid", "mask_acc", "unigram_mask_acc"):
+    for k in ("field_exact", "unconstrained_json_valid", "mask_acc", "unigram_mask_acc", "load_s"):
         print(f"{k} | {out[k]}")
     print("by family | " + ", ".join(f"{k} {v}" for k, v in out["field_exact_by_family"].items()))
     if args.json:
