@@ -16,7 +16,7 @@ guidance.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +183,13 @@ class _Row:
 
     # ------------------------------------------------------------------ one step
     def step(self, logits: torch.Tensor) -> Step:
+        """One denoising step of this row alone (``forward_step`` steps rows together)."""
+        return _drive([self.step_phases(logits)])[0]
+
+    def step_phases(self, logits: torch.Tensor) -> Generator[list[torch.Tensor], list[np.ndarray], Step]:
+        """One denoising step as a generator: it yields the device tensors it needs on the host
+        (twice: class masses, then the candidates' scores) and is sent them back as numpy
+        arrays, so that one transfer serves every row of a batch."""
         prog = self.program
         v = prog.tokenizer.vocab_size
         temp = self.sched.temperature
@@ -216,8 +223,15 @@ class _Row:
                 continue
             groups.setdefault(id(slot.automaton), []).append((slot, pos, want))
         # slots that share an automaton (one per constraint) share their tensor work
-        for members in groups.values():
-            out = self._group_step(members, logits, v, temp, need_q)
+        runs = [self._group_step(members, logits, v, temp, need_q) for members in groups.values()]
+        asks = [next(g) for g in runs]  # every group's pass 1 is queued before the one transfer
+        got = yield [t for ask in asks for t in ask]
+        outs = []
+        k = 0
+        for g, ask in zip(runs, asks):
+            outs.append(_finish(g, got[k : k + len(ask)]))
+            k += len(ask)
+        for members, out in zip(groups.values(), outs):
             cand_pos.append(np.concatenate([pos[want] for _, pos, want in members]))
             cand_tok.append(out[0])
             cand_conf.append(out[1])
@@ -233,7 +247,7 @@ class _Row:
             logq_all = torch.cat(cand_logq) if need_q else None
             score = self.strategy.score(conf, logq_all, len(positions), self.gen)
             # one transfer to the host for the whole row: scores, tokens, confidences
-            host = torch.stack([score.double(), tokens.double(), conf.double()]).cpu().numpy()
+            (host,) = yield [torch.stack([score.double(), tokens.double(), conf.double()])]
             score_np, tok_np, conf_np = host[0], host[1].astype(np.int64), host[2]
             if self.sched.threshold is not None:
                 pick_np = np.nonzero(conf_np >= self.sched.threshold)[0]
@@ -290,10 +304,11 @@ class _Row:
         v: int,
         temp: float,
         need_q: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> Generator[list[torch.Tensor], list[np.ndarray], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Candidates of every slot that shares one automaton: the class masses of all their
-        masked positions in one pass, one host transfer, one chain per slot, then the tokens of
-        all wanted positions in one pass."""
+        masked positions in one pass, handed to the host (yielded: the caller batches the
+        transfers of every group and row into one), the forward-backward pass over the slots,
+        then the tokens of all wanted positions in one pass."""
         auto = members[0][0].automaton
         dev = logits.device
         cls = _classes(auto, dev)
@@ -318,7 +333,8 @@ class _Row:
                 log_mass_s[i : i + _CHUNK] = self._log_class_mass(lgs, torch.logsumexp(lgs, dim=1), cls, auto)
             elif separate:
                 log_mass_s[i : i + _CHUNK] = self._log_class_max(lg, lse[i : i + _CHUNK], cls, auto)
-        host = (torch.stack([log_mass, log_mass_s]) if separate else log_mass[None]).cpu().numpy()
+        (host,) = yield [torch.stack([log_mass, log_mass_s]) if separate else log_mass[None]]
+        host = host.copy()
         if not auto.trivial:
             # a class whose every token underflowed: redo those rows in log space (rare; one more sync)
             for k in range(host.shape[0]):
@@ -461,6 +477,50 @@ class _Row:
         )
 
 
+def _finish(gen: Generator[Any, Any, Any], value: Any) -> Any:
+    """Send the last value into a generator that then returns; its return value."""
+    try:
+        gen.send(value)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError("internal error: a sampler phase asked for a third transfer")
+
+
+def _fetch(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Several device tensors on the host with one transfer (and one synchronisation)."""
+    if not tensors:
+        return []
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors]).cpu().numpy()
+    out, k = [], 0
+    for t in tensors:
+        out.append(flat[k : k + t.numel()].reshape(tuple(t.shape)))
+        k += t.numel()
+    return out
+
+
+def _drive(phases: list[Generator[list[torch.Tensor], list[np.ndarray], Step]]) -> list[Step]:
+    """Run rows' step generators in lockstep: each round, one transfer for all of them."""
+    results: list[Step | None] = [None] * len(phases)
+    pending: dict[int, list[torch.Tensor]] = {}
+    for i, g in enumerate(phases):
+        try:
+            pending[i] = next(g)
+        except StopIteration as stop:
+            results[i] = stop.value
+    while pending:
+        got = _fetch([t for ts in pending.values() for t in ts])
+        nxt: dict[int, list[torch.Tensor]] = {}
+        k = 0
+        for i, ts in pending.items():
+            try:
+                nxt[i] = phases[i].send(got[k : k + len(ts)])
+            except StopIteration as stop:
+                results[i] = stop.value
+            k += len(ts)
+        pending = nxt
+    return results  # type: ignore[return-value]
+
+
 def _as_programs(denoiser: Any, programs: Any) -> tuple[list[Program], bool]:
     single = isinstance(programs, (Program, Prompt, dict, str))
     items = [programs] if single else list(programs)
@@ -591,7 +651,7 @@ def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
     by_row: dict[int, list[torch.Tensor]] = {}
     for i, (r, _uncond) in enumerate(owners):
         by_row.setdefault(id(r), []).append(logits[i, : len(r.canvas)])
-    out: list[Step] = []
+    phases = []
     for r in active:
         parts = by_row[id(r)]
         lg = parts[0]
@@ -599,8 +659,8 @@ def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
             s = r.sched.cfg_scale
             un = parts[1].float()
             lg = un + (s + 1.0) * (lg.float() - un)
-        out.append(r.step(lg))
-    return out
+        phases.append(r.step_phases(lg))
+    return _drive(phases)
 
 
 def generate(
