@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .automaton import TokenAutomaton
-from .chain import FLOOR, run_chains
+from .chain import FLOOR, ChainResult, run_chains
 from .compiler import Program, SlotLayout, compile
 from .denoiser import describe
 from .errors import BackendError
@@ -187,9 +187,10 @@ class _Row:
         return _drive([self.step_phases(logits)])[0]
 
     def step_phases(self, logits: torch.Tensor) -> Generator[list[torch.Tensor], list[np.ndarray], Step]:
-        """One denoising step as a generator: it yields the device tensors it needs on the host
-        (twice: class masses, then the candidates' scores) and is sent them back as numpy
-        arrays, so that one transfer serves every row of a batch."""
+        """One denoising step as a generator. It yields what it needs, three times: the device
+        tensors of its class masses (sent back as numpy arrays), its forward-backward passes
+        (sent back as results), then its candidates' scores; so one transfer and one merged
+        chain call per automaton serve every row of a batch."""
         prog = self.program
         v = prog.tokenizer.vocab_size
         temp = self.sched.temperature
@@ -226,11 +227,18 @@ class _Row:
         runs = [self._group_step(members, logits, v, temp, need_q) for members in groups.values()]
         asks = [next(g) for g in runs]  # every group's pass 1 is queued before the one transfer
         got = yield [t for ask in asks for t in ask]
-        outs = []
+        outs: list[Any] = [None] * len(runs)
+        chain_asks: dict[int, Any] = {}
         k = 0
-        for g, ask in zip(runs, asks):
-            outs.append(_finish(g, got[k : k + len(ask)]))
+        for i, (g, ask) in enumerate(zip(runs, asks)):
+            try:
+                chain_asks[i] = g.send(got[k : k + len(ask)])[0]  # a forward-backward pass to run
+            except StopIteration as stop:  # a group without a constraint needs none
+                outs[i] = stop.value
             k += len(ask)
+        chains = yield list(chain_asks.values())  # the driver merges them across rows
+        for (i, _), res in zip(chain_asks.items(), chains):
+            outs[i] = _finish(runs[i], [res])
         for members, out in zip(groups.values(), outs):
             cand_pos.append(np.concatenate([pos[want] for _, pos, want in members]))
             cand_tok.append(out[0])
@@ -357,13 +365,15 @@ class _Row:
             for slot, _, _ in members:
                 seg = self.canvas[slot.start : slot.stop]
                 committed.append(np.where(seg == self.program.mask_id, -1, auto.token_class[seg]).astype(np.int64))
-            res = run_chains(
-                auto,
-                committed,
-                log_mass_s_np,
-                noise=_gumbel((len(pos), c), self.gen).numpy() if temp > 0 else None,
-                logP_conf=log_mass_np if separate else None,
-            )
+            (res,) = yield [
+                _ChainAsk(
+                    auto,
+                    committed,
+                    log_mass_s_np,
+                    _gumbel((len(pos), c), self.gen).numpy() if temp > 0 else None,
+                    log_mass_np if separate else None,
+                )
+            ]
             classes = res.classes
             logw = res.logw  # type: ignore[assignment]
         # pass 2: tokens, confidences (and full marginals if the strategy needs them) of candidates
@@ -477,6 +487,42 @@ class _Row:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class _ChainAsk:
+    """A forward-backward pass one constraint group of one row needs (see ``run_chains``)."""
+
+    auto: TokenAutomaton
+    committed: list[np.ndarray]
+    logP: np.ndarray
+    noise: np.ndarray | None
+    logP_conf: np.ndarray | None
+
+
+def _run_chain_asks(asks: list[_ChainAsk]) -> list[Any]:
+    """Run the asks, merged into one vectorised call per automaton and mode: the same draws as
+    one call per ask (each slot's pass is independent of the others), fewer numpy calls."""
+    results: list[Any] = [None] * len(asks)
+    merged: dict[tuple[int, bool, bool], list[int]] = {}
+    for i, a in enumerate(asks):
+        merged.setdefault((id(a.auto), a.noise is None, a.logP_conf is None), []).append(i)
+    for idx in merged.values():
+        group = [asks[i] for i in idx]
+        first = group[0]
+        res = run_chains(
+            first.auto,
+            [c for a in group for c in a.committed],
+            np.concatenate([a.logP for a in group]),
+            noise=None if first.noise is None else np.concatenate([a.noise for a in group]),  # type: ignore[misc]
+            logP_conf=None if first.logP_conf is None else np.concatenate([a.logP_conf for a in group]),  # type: ignore[misc]
+        )
+        k = 0
+        for i, a in zip(idx, group):
+            m = len(a.logP)
+            results[i] = ChainResult(res.classes[k : k + m], None if res.logw is None else res.logw[k : k + m])
+            k += m
+    return results
+
+
 def _finish(gen: Generator[Any, Any, Any], value: Any) -> Any:
     """Send the last value into a generator that then returns; its return value."""
     try:
@@ -508,7 +554,11 @@ def _drive(phases: list[Generator[list[torch.Tensor], list[np.ndarray], Step]]) 
         except StopIteration as stop:
             results[i] = stop.value
     while pending:
-        got = _fetch([t for ts in pending.values() for t in ts])
+        items = [t for ts in pending.values() for t in ts]
+        if items and isinstance(items[0], _ChainAsk):
+            got: list[Any] = _run_chain_asks(items)  # type: ignore[arg-type]
+        else:
+            got = _fetch(items)
         nxt: dict[int, list[torch.Tensor]] = {}
         k = 0
         for i, ts in pending.items():
