@@ -515,6 +515,9 @@ def free_text_automaton(tokenizer: Tokenizer) -> TokenAutomaton:
     return regex_automaton(r"[\s\S]*", tokenizer)
 
 
+UNCONSTRAINED = "any tokens"  # the description of the automaton of a slot compiled with constraints=False
+
+
 def unconstrained_automaton(tokenizer: Tokenizer, *, with_pad: bool = False) -> TokenAutomaton:
     """Any sequence of text tokens (and pad, if ``with_pad``), no UTF-8 check, no structure: the
     sampler's baseline without constraints."""
@@ -525,6 +528,6 @@ def unconstrained_automaton(tokenizer: Tokenizer, *, with_pad: bool = False) -> 
     tc = np.array([0 if tb else -1 for tb in tokenizer.token_bytes], dtype=np.int32)
     if with_pad and tokenizer.pad_id is not None:
         tc[tokenizer.pad_id] = 0
-    auto = TokenAutomaton(tc, np.zeros((1, 1), dtype=np.int32), 0, np.ones(1, dtype=bool), "any tokens", trivial=True)
+    auto = TokenAutomaton(tc, np.zeros((1, 1), dtype=np.int32), 0, np.ones(1, dtype=bool), UNCONSTRAINED, trivial=True)
     _AUTOMATA[key] = auto
     return auto

@@ -16,7 +16,8 @@ blocks count as free, so the slot always stays completable), and its block outpu
 probable valid assignment (max-product) rather than the raw argmax. Positions without a
 constraint (``constraints=False``) follow the model exactly as transformers' ``generate`` does:
 with one program and ``generator=[torch.Generator().manual_seed(s)]`` the output equals
-``model.generate`` after ``torch.manual_seed(s)`` (tested).
+``model.generate`` after ``torch.manual_seed(s)`` (tested), as long as ``generate`` does not stop
+at an EOS: the canvas length here is the layout's, and this loop does not stop or pad at EOS.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .automaton import UNCONSTRAINED
 from .chain import FLOOR, run_chains
 from .errors import BackendError
 from .sampler import Step, _classes, _clean, _gumbel, _Row
@@ -39,8 +41,10 @@ class DiffusionGemmaDenoiser:
 
     Settings default to the model's generation config (``max_denoising_steps``, ``t_min``,
     ``t_max``, ``entropy_bound``, ``stability_threshold``, ``confidence_threshold``); a prompt's
-    ``with_sampling(steps=k)`` sets the steps per block. The sampling temperature follows the
-    model's own linear schedule from ``t_max`` to ``t_min``; ``Sampling.temperature`` is not used.
+    ``with_sampling(steps=k)`` sets the steps *per block* (not in all, as on masked models). The
+    temperature follows the model's own linear schedule from ``t_max`` to ``t_min``; the other
+    ``Sampling`` fields (temperature, threshold, tokens_per_step, block_length, strategy) are not
+    used: blocks are the model's ``canvas_length`` and acceptance is its entropy bound.
     """
 
     family = "diffusion_gemma"
@@ -55,16 +59,23 @@ class DiffusionGemmaDenoiser:
         self.vocab_size = int(model.config.get_text_config().vocab_size)
         gc = getattr(model, "generation_config", None)
         sampler_cfg = getattr(gc, "sampler_config", None)
-        defaults = {
-            "max_denoising_steps": getattr(gc, "max_denoising_steps", None) or 48,
-            "t_min": getattr(gc, "t_min", None) or 0.4,
-            "t_max": getattr(gc, "t_max", None) or 0.8,
-            "entropy_bound": getattr(sampler_cfg, "entropy_bound", None) or 0.1,
+        found = {
+            "max_denoising_steps": getattr(gc, "max_denoising_steps", None),
+            "t_min": getattr(gc, "t_min", None),
+            "t_max": getattr(gc, "t_max", None),
+            "entropy_bound": getattr(sampler_cfg, "entropy_bound", None),
             "stability_threshold": getattr(gc, "stability_threshold", None),
-            "confidence_threshold": getattr(gc, "confidence_threshold", None) or 0.005,
+            "confidence_threshold": getattr(gc, "confidence_threshold", None),
         }
-        if defaults["stability_threshold"] is None:
-            defaults["stability_threshold"] = 1
+        fallback = {  # transformers' own defaults
+            "max_denoising_steps": 48,
+            "t_min": 0.4,
+            "t_max": 0.8,
+            "entropy_bound": 0.1,
+            "stability_threshold": 1,
+            "confidence_threshold": 0.005,
+        }
+        defaults = {k: fallback[k] if v is None else v for k, v in found.items()}
         unknown = set(settings) - set(defaults)
         if unknown:
             raise ValueError(f"unknown DiffusionGemma settings {sorted(unknown)}; known: {sorted(defaults)}")
@@ -102,17 +113,15 @@ class DiffusionGemmaDenoiser:
         from transformers import DynamicCache
 
         model, dev = self.model, self.device
-        cfg = self.settings
-        c_len, vocab = self.canvas_length, self.vocab_size
+        c_len = self.canvas_length
         n = len(rows[0].canvas)
         b = len(rows)
         gens = [_device_generator(r.gen, dev) for r in rows]
-        chain_gens = [torch.Generator().manual_seed(r.gen.initial_seed() + 1) for r in rows]
+        chain_gens = [torch.Generator().manual_seed(r.gen.initial_seed() ^ _CHAIN_SALT) for r in rows]
         cache = DynamicCache(config=model.config.get_text_config(decoder=True))
         enc_in = torch.from_numpy(np.stack([r.canvas[:start] for r in rows])).to(dev)
         enc_pos = torch.arange(0, start, dtype=torch.int32, device=dev).unsqueeze(0)
         cur = start
-        emb_dtype = model.get_input_embeddings().weight.dtype
         while cur < n and any((r.slot_of[cur:] >= 0).any() for r in rows):
             model.model.encoder(input_ids=enc_in.contiguous(), position_ids=enc_pos, **{self._cache_arg: cache})
             dec_pos = torch.arange(cur, cur + c_len, dtype=torch.int32, device=dev).unsqueeze(0)
@@ -123,70 +132,107 @@ class DiffusionGemmaDenoiser:
             for i, r in enumerate(rows):
                 fixed[i, inside] = r.slot_of[span[inside]] < 0
                 anchor[i, inside] = r.canvas[span[inside]]
-            fixed_t = torch.from_numpy(fixed).to(dev)
-            anchor_t = torch.from_numpy(anchor).to(dev)
-            canvas = torch.cat([torch.randint(0, vocab, (1, c_len), device=dev, generator=g) for g in gens])
-            canvas = torch.where(fixed_t, anchor_t, canvas)
-            argmax = canvas
-            sc: torch.Tensor | None = None
-            finished = torch.zeros(b, dtype=torch.bool, device=dev)
-            history: torch.Tensor | None = None
-            for t in range(steps, 0, -1):
-                logits = model(
-                    decoder_input_ids=canvas,
-                    self_conditioning_logits=sc,
-                    decoder_position_ids=dec_pos,
-                    **{self._cache_arg: cache},
-                ).logits
-                temp = cfg["t_min"] + (cfg["t_max"] - cfg["t_min"]) * (
-                    torch.tensor(t, device=dev, dtype=torch.int32) / steps
+            # a row with no slot position in this block is not denoised here (and draws nothing)
+            need = (inside[None, :] & ~fixed).any(axis=1)
+            out = anchor
+            if need.any():
+                out = yield from self._denoise_block(
+                    rows, cur, steps, need, inside, fixed, anchor, gens, chain_gens, cache, dec_pos
                 )
-                pl = logits / temp
-                probs = torch.softmax(pl, dim=-1, dtype=torch.float32)
-                sampled = torch.cat(
-                    [torch.multinomial(probs[i], 1, generator=g).squeeze(-1)[None] for i, g in enumerate(gens)]
-                )
-                new_argmax = torch.argmax(pl, dim=-1)
-                sampled, new_argmax = self._constrain(rows, cur, pl, sampled, new_argmax, chain_gens)
-                ent = torch.distributions.Categorical(logits=pl).entropy()
-                ent = torch.where(fixed_t, torch.zeros_like(ent), ent)  # anchors cost no budget
-                s_ent, s_idx = torch.sort(ent, dim=-1)
-                keep = (torch.cumsum(s_ent, dim=-1) - s_ent) <= cfg["entropy_bound"]
-                accept = torch.scatter(torch.zeros_like(keep), -1, s_idx, keep)
-                noise = torch.cat([torch.randint(0, vocab, (1, c_len), device=dev, generator=g) for g in gens])
-                new_canvas = torch.where(accept, sampled, noise)
-                new_canvas = torch.where(fixed_t, anchor_t, new_canvas)
-                new_argmax = torch.where(fixed_t, anchor_t, new_argmax)
-                if bool(finished.any()):
-                    new_argmax = torch.where(finished[:, None], argmax, new_argmax)
-                    new_canvas = torch.where(finished[:, None], canvas, new_canvas)
-                    pl = torch.where(finished[:, None, None], sc, pl)  # type: ignore[arg-type]
-                if cfg["stability_threshold"] == 0:
-                    stable = torch.ones(b, dtype=torch.bool, device=dev)
-                else:
-                    if history is None:
-                        k = int(cfg["stability_threshold"])
-                        history = torch.full((k, b, c_len), -1, dtype=new_argmax.dtype, device=dev)
-                    stable = (history == new_argmax[None]).all(-1).all(0)
-                    history = torch.roll(history, shifts=-1, dims=0)
-                    history[-1] = new_argmax
-                confident = torch.distributions.Categorical(logits=pl).entropy().mean(-1) < cfg["confidence_threshold"]
-                was = finished.clone()
-                finished |= stable & confident
-                canvas, argmax = new_canvas, new_argmax
-                sc = pl.to(emb_dtype)
-                yield from self._steps(rows, cur, inside, fixed, accept, canvas, was)
-                if bool(finished.all()):
-                    break
-            out = argmax.cpu().numpy()
             for i, r in enumerate(rows):
                 keep_pos = inside & ~fixed[i]
                 r.canvas[span[keep_pos]] = out[i, keep_pos]
-            enc_in = argmax
+            enc_in = torch.from_numpy(out).to(dev)
             enc_pos = dec_pos
             cur += c_len
         for r in rows:
             r.block = len(r.sched.blocks)  # done
+
+    def _denoise_block(
+        self,
+        rows: list[_Row],
+        cur: int,
+        steps: int,
+        need: np.ndarray,
+        inside: np.ndarray,
+        fixed: np.ndarray,
+        anchor: np.ndarray,
+        gens: list[torch.Generator],
+        chain_gens: list[torch.Generator],
+        cache: Any,
+        dec_pos: torch.Tensor,
+    ) -> Iterator[Step]:
+        """One block's denoising loop; returns the block's output tokens ``[B, C]`` (numpy).
+        Only rows still denoising draw random numbers, so a row's tokens do not depend on when
+        its batch mates finish."""
+        model, dev, cfg = self.model, self.device, self.settings
+        b, c_len = len(rows), self.canvas_length
+        vocab = self.vocab_size
+        emb_dtype = model.get_input_embeddings().weight.dtype
+        fixed_t = torch.from_numpy(fixed).to(dev)
+        anchor_t = torch.from_numpy(anchor).to(dev)
+        alive = need.copy()
+        finished = torch.from_numpy(~need).to(dev)
+
+        def draw(fill: torch.Tensor, make: Any) -> torch.Tensor:
+            out = fill.clone()
+            for i in np.nonzero(alive)[0]:
+                out[i] = make(int(i))
+            return out
+
+        canvas = draw(anchor_t, lambda i: torch.randint(0, vocab, (1, c_len), device=dev, generator=gens[i])[0])
+        canvas = torch.where(fixed_t, anchor_t, canvas)
+        argmax = canvas
+        sc: torch.Tensor | None = None
+        history: torch.Tensor | None = None
+        for t in range(steps, 0, -1):
+            logits = model(
+                decoder_input_ids=canvas,
+                self_conditioning_logits=sc,
+                decoder_position_ids=dec_pos,
+                **{self._cache_arg: cache},
+            ).logits
+            temp = cfg["t_min"] + (cfg["t_max"] - cfg["t_min"]) * (
+                torch.tensor(t, device=dev, dtype=torch.int32) / steps
+            )
+            pl = logits / temp
+            probs = torch.softmax(pl, dim=-1, dtype=torch.float32)
+            sampled = draw(argmax, lambda i, p=probs: torch.multinomial(p[i], 1, generator=gens[i]).squeeze(-1))
+            new_argmax = torch.argmax(pl, dim=-1)
+            live = np.nonzero(alive)[0]
+            sampled, new_argmax = self._constrain(rows, live, cur, pl, sampled, new_argmax, chain_gens)
+            ent = torch.distributions.Categorical(logits=pl).entropy()
+            ent = torch.where(fixed_t, torch.zeros_like(ent), ent)  # anchors cost no budget
+            s_ent, s_idx = torch.sort(ent, dim=-1)
+            keep = (torch.cumsum(s_ent, dim=-1) - s_ent) <= cfg["entropy_bound"]
+            accept = torch.scatter(torch.zeros_like(keep), -1, s_idx, keep)
+            noise = draw(canvas, lambda i: torch.randint(0, vocab, (1, c_len), device=dev, generator=gens[i])[0])
+            new_canvas = torch.where(accept, sampled, noise)
+            new_canvas = torch.where(fixed_t, anchor_t, new_canvas)
+            new_argmax = torch.where(fixed_t, anchor_t, new_argmax)
+            if not alive.all():  # finished rows are frozen
+                new_argmax = torch.where(finished[:, None], argmax, new_argmax)
+                new_canvas = torch.where(finished[:, None], canvas, new_canvas)
+                if sc is not None:
+                    pl = torch.where(finished[:, None, None], sc, pl)
+            if cfg["stability_threshold"] == 0:
+                stable = torch.ones(b, dtype=torch.bool, device=dev)
+            else:
+                if history is None:
+                    k = int(cfg["stability_threshold"])
+                    history = torch.full((k, b, c_len), -1, dtype=new_argmax.dtype, device=dev)
+                stable = (history == new_argmax[None]).all(-1).all(0)
+                history = torch.roll(history, shifts=-1, dims=0)
+                history[-1] = new_argmax
+            confident = torch.distributions.Categorical(logits=pl).entropy().mean(-1) < cfg["confidence_threshold"]
+            finished = finished | (stable & confident)
+            canvas, argmax = new_canvas, new_argmax
+            sc = pl.to(emb_dtype)
+            yield from self._steps(rows, cur, inside, fixed, accept, canvas, alive)
+            alive = ~finished.cpu().numpy()
+            if not alive.any():
+                break
+        return argmax.cpu().numpy()
 
     def _steps(
         self,
@@ -196,13 +242,12 @@ class DiffusionGemmaDenoiser:
         fixed: np.ndarray,
         accept: torch.Tensor,
         canvas: torch.Tensor,
-        was_finished: torch.Tensor,
+        alive: np.ndarray,
     ) -> Iterator[Step]:
         acc = accept.cpu().numpy()
         can = canvas.cpu().numpy()
-        done = was_finished.cpu().numpy()
         for i, r in enumerate(rows):
-            if done[i]:
+            if not alive[i]:
                 continue
             r.steps += 1
             r.passes += 1
@@ -224,6 +269,7 @@ class DiffusionGemmaDenoiser:
     def _constrain(
         self,
         rows: list[_Row],
+        alive: np.ndarray,
         cur: int,
         pl: torch.Tensor,
         sampled: torch.Tensor,
@@ -236,11 +282,12 @@ class DiffusionGemmaDenoiser:
         v = self.tokenizer.vocab_size
         dev = pl.device
         sampled, argmax = sampled.clone(), argmax.clone()
-        for i, r in enumerate(rows):
+        for i in alive:
+            r = rows[i]
             for slot in r.program.layout.slots:
                 auto = slot.automaton
                 lo, hi = max(slot.start, cur), min(slot.stop, cur + c_len)
-                if lo >= hi or auto.trivial:
+                if lo >= hi or auto.description == UNCONSTRAINED:  # compiled with constraints=False
                     continue
                 cls = _classes(auto, dev)
                 seg = r.canvas[slot.start : slot.stop]
@@ -270,6 +317,9 @@ class DiffusionGemmaDenoiser:
                 sampled[i, here] = torch.where(allowed == d, pert, ninf).argmax(1)
                 argmax[i, here] = torch.where(allowed == bst, lg, ninf).argmax(1)
         return sampled, argmax
+
+
+_CHAIN_SALT = 0x5DEECE66D  # the constraint draws' own stream, apart from the model's
 
 
 def _device_generator(gen: torch.Generator, device: torch.device) -> torch.Generator:

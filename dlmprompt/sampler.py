@@ -125,7 +125,20 @@ class _Classes:
             hit = torch.zeros(len(self.index), c + 1, dtype=dtype, device=self.device)
             hit[torch.arange(len(self.index), device=self.device), self.index] = 1
             hit = self._onehot[dtype] = hit[:, :c].contiguous()
+            _ONEHOTS[:] = [e for e in _ONEHOTS if e[0]() is not None]
+            _ONEHOTS.append((weakref.ref(self), dtype, hit.numel() * hit.element_size()))
+            while sum(n for _, _, n in _ONEHOTS) > _ONEHOT_BUDGET and len(_ONEHOTS) > 1:
+                ref, dt, _ = _ONEHOTS.pop(0)  # the oldest goes; it is rebuilt if used again
+                owner = ref()
+                if owner is not None:
+                    owner._onehot.pop(dt, None)
         return hit
+
+
+# the class-indicator matrices kept alive, oldest first, within a byte budget (a server may see
+# many schemas; each matrix is V x C)
+_ONEHOTS: list[tuple[weakref.ref[_Classes], torch.dtype, int]] = []
+_ONEHOT_BUDGET = 1 << 30
 
 
 _CLASS_CACHE: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, _Classes]] = weakref.WeakKeyDictionary()
@@ -387,7 +400,9 @@ class _Row:
             ccls = cls_w[i : i + _CHUNK]
             lw = logw_w[i : i + _CHUNK]
             lg = _clean(logits[pos_t[rows_t], :v])
-            pert = lg / temp + self._noise(tuple(lg.shape), dev) if temp > 0 else lg
+            # clamped: at a tiny temperature a -1e30 logit must not become -inf (then argmax could
+            # land on a forbidden token when every allowed one is that unlikely)
+            pert = (lg / temp).clamp_(-3e38, 3e38) + self._noise(tuple(lg.shape), dev) if temp > 0 else lg
             allowed = cls.token_class.unsqueeze(0) == ccls.unsqueeze(1)
             tok = torch.where(allowed, pert, torch.tensor(-torch.inf, dtype=pert.dtype, device=dev)).argmax(1)
             logp_tok = lg.gather(1, tok.unsqueeze(1)).squeeze(1) - lse[rows_t]
@@ -505,7 +520,21 @@ def _run_chain_asks(asks: list[_ChainAsk]) -> list[Any]:
     merged: dict[tuple[int, bool, bool], list[int]] = {}
     for i, a in enumerate(asks):
         merged.setdefault((id(a.auto), a.noise is None, a.logP_conf is None), []).append(i)
-    for idx in merged.values():
+    chunks: list[list[int]] = []
+    for idx in merged.values():  # at most about 2^22 chain cells (slots x classes x states) per call
+        a = asks[idx[0]].auto
+        cell = (a.n_classes + 1) * (a.n_states + 1)
+        cur: list[int] = []
+        size = 0
+        for i in idx:
+            n = len(asks[i].committed) * cell
+            if cur and size + n > 1 << 22:
+                chunks.append(cur)
+                cur, size = [], 0
+            cur.append(i)
+            size += n
+        chunks.append(cur)
+    for idx in chunks:
         group = [asks[i] for i in idx]
         first = group[0]
         res = run_chains(

@@ -55,6 +55,7 @@ def test_constraints_hold_over_many_seeds_and_block_boundaries(den) -> None:
         + " / "
         + slot("word", choice=["red", "blue", "Ada"], max_tokens=3)
         + slot("tail", regex="(ab|a )+", max_tokens=10)
+        + slot("digits", regex="[0-9]*", tokens=4)  # a one-state automaton: still only digit tokens
     ).with_sampling(steps=3)
     prog = compile(p, den.tokenizer)
     for seed in range(12):
@@ -93,3 +94,21 @@ def test_the_batching_server_refuses_it_clearly(den) -> None:
 
     with pytest.raises(BackendError, match="batching server does not drive"):
         Engine(den)
+
+
+def test_a_row_without_slots_in_a_block_draws_and_counts_nothing_there(den) -> None:
+    """Two layouts of one length: the first has only anchors after its first block, the second
+    a slot there. In a batch the first row must give what it gives alone: same tokens, same
+    step count (it is not denoised, and draws nothing, in blocks without its slots)."""
+    tail = " and then some more plain words in here"
+    k = len(den.tokenizer.encode(tail))
+    short = Prompt("Q") + slot("a", regex="[0-9]*", tokens=4) + tail
+    long = Prompt("Q") + slot("a", regex="[0-9]*", tokens=4) + slot("m", tokens=k)
+    progs = [compile(q.with_sampling(steps=4), den.tokenizer) for q in (short, long)]
+    assert len(progs[0].layout.canvas) == len(progs[1].layout.canvas) and k > 8
+    batch = generate(den, progs, generator=[torch.Generator().manual_seed(s) for s in (21, 22)])
+    alone = [generate(den, [q], generator=[torch.Generator().manual_seed(s)])[0] for q, s in zip(progs, (21, 22))]
+    assert alone[0].steps < alone[1].steps
+    for x, y, prog in zip(batch, alone, progs):
+        check_result(prog, x)
+        assert np.array_equal(x.canvas, y.canvas) and x.steps == y.steps and x.forward_passes == y.forward_passes
