@@ -32,7 +32,7 @@ import torch
 from .automaton import UNCONSTRAINED
 from .chain import FLOOR, run_chains
 from .errors import BackendError
-from .sampler import Step, _classes, _clean, _gumbel, _Row
+from .sampler import Step, _classes, _clean, _gumbel, _Row, committed_classes
 from .tokenizer import Tokenizer
 
 
@@ -291,14 +291,16 @@ class DiffusionGemmaDenoiser:
                     continue
                 cls = _classes(auto, dev)
                 seg = r.canvas[slot.start : slot.stop]
-                committed = np.where(seg == r.program.mask_id, -1, auto.token_class[seg]).astype(np.int64)
+                committed = committed_classes(auto, seg, r.program.mask_id)
                 committed[lo - slot.start :] = -1  # this block and later ones are open
                 m = int((committed < 0).sum())
                 here = torch.arange(lo - cur, hi - cur, device=dev)
                 lg = _clean(pl[i, here, :v])
                 lse = torch.logsumexp(lg, dim=1)
-                mass = _Row._log_class_mass_exact(lg, lse, cls, auto).cpu().numpy()
-                cmax = _Row._log_class_max(lg, lse, cls, auto).cpu().numpy()
+                both = torch.stack(
+                    [_Row._log_class_mass_exact(lg, lse, cls, auto), _Row._log_class_max(lg, lse, cls, auto)]
+                )
+                mass, cmax = both.cpu().numpy()  # one transfer
                 open_later = m - (hi - lo)  # positions of later blocks: every class equally possible
                 pad = np.zeros((open_later, auto.n_classes))
                 lp = np.maximum(np.concatenate([mass, pad]), FLOOR)

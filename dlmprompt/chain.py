@@ -118,7 +118,8 @@ def run_chain(
     want: np.ndarray | None,
     logP_conf: np.ndarray | None = None,
 ) -> ChainResult:
-    """One slot's constrained step.
+    """One slot's constrained step (the reference: the sampler runs :func:`run_chains`, which the
+    tests check against this slot by slot).
 
     ``committed[j]``: class of the committed token at slot position j, or -1 if masked.
     ``logP``: [m, C] log class masses of the masked positions (sampling distribution), in order.

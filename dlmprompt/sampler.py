@@ -152,6 +152,11 @@ def _classes(auto: TokenAutomaton, device: torch.device) -> _Classes:
     return hit
 
 
+def committed_classes(auto: TokenAutomaton, seg: np.ndarray, mask_id: int) -> np.ndarray:
+    """The class of each committed token of a slot's canvas segment; -1 where still masked."""
+    return np.where(seg == mask_id, -1, auto.token_class[seg]).astype(np.int64)
+
+
 def _clean(lg: torch.Tensor) -> torch.Tensor:
     """Finite float32 logits: a model's -inf / nan must not break argmax within a class."""
     return torch.nan_to_num(lg.float(), nan=-1e30, posinf=1e30, neginf=-1e30).clamp_(-1e30, 1e30)
@@ -355,18 +360,15 @@ class _Row:
             elif separate:
                 log_mass_s[i : i + _CHUNK] = self._log_class_max(lg, lse[i : i + _CHUNK], cls, auto)
         (host,) = yield [torch.stack([log_mass, log_mass_s]) if separate else log_mass[None]]
-        host = host.copy()
         if not auto.trivial:
             # a class whose every token underflowed: redo those rows in log space (rare; one more sync)
             for k in range(host.shape[0]):
                 redo = np.nonzero(np.isneginf(host[k]).any(axis=1))[0]
-                if len(redo) == 0:
+                if len(redo) == 0 or (k == 1 and not two):  # greedy class maxima never underflow
                     continue
                 lg = _clean(logits[pos_t[torch.from_numpy(redo).to(dev)], :v])
-                if k == 1 and two:
+                if k == 1:
                     lg = lg.double() / temp
-                elif k == 1:  # greedy: class maxima never underflow
-                    continue
                 host[k][redo] = self._log_class_mass_exact(lg, torch.logsumexp(lg, dim=1), cls, auto).cpu().numpy()
         log_mass_np = np.maximum(host[0], FLOOR)
         log_mass_s_np = np.maximum(host[-1], FLOOR)
@@ -374,10 +376,8 @@ class _Row:
             classes = np.zeros(len(pos), dtype=np.int64)
             logw = -log_mass_np
         else:
-            committed = []
-            for slot, _, _ in members:
-                seg = self.canvas[slot.start : slot.stop]
-                committed.append(np.where(seg == self.program.mask_id, -1, auto.token_class[seg]).astype(np.int64))
+            mask_id = self.program.mask_id
+            committed = [committed_classes(auto, self.canvas[s.start : s.stop], mask_id) for s, _, _ in members]
             (res,) = yield [
                 _ChainAsk(
                     auto,
