@@ -666,9 +666,15 @@ def sample(
     yield from _run(denoiser, rows)
 
 
-def _run(denoiser: Any, rows: list[_Row]) -> Iterator[Step]:
+def _run(denoiser: Any, rows: list[_Row], events: bool = True) -> Iterator[Step]:
+    """Every step of ``rows``; with ``events=False`` the device path may yield none (nothing is
+    read back per step), the rows still end filled."""
+    from . import devicepath
+
     if hasattr(denoiser, "block_sample"):  # uniform-noise block diffusion (DiffusionGemma)
         yield from denoiser.block_sample(rows)
+    elif devicepath.eligible(denoiser, rows):
+        yield from devicepath.DeviceRun(denoiser, rows).run(events)
     else:
         yield from _loop(denoiser, rows)
 
@@ -758,7 +764,7 @@ def generate(
     progs, single = _as_programs(denoiser, programs)
     gens = _generators(generator, len(progs))
     rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
-    for step in _run(denoiser, rows):
+    for step in _run(denoiser, rows, events=on_step is not None):
         if on_step is not None:
             on_step(step)
     results = [r.result() for r in rows]

@@ -1,0 +1,573 @@
+"""The sampler's device path: whole denoising steps as tensor work on the model's device.
+
+The host path (``sampler._Row.step_phases``) reads the model's class masses back to the host,
+runs the forward-backward pass in numpy and picks the positions to commit there: two
+transfers and a wait per step, while the GPU idles. This path keeps the canvas on the device and
+does every part of a step there: class masses, the forward-backward pass of every constrained
+slot (``devicechain.py``), token draws, confidences, the choice of positions and the canvas
+update. The host only counts: how many positions each row commits per step follows from its
+schedule. Nothing is read back per step unless the caller asked for the step's event
+(``sample()`` yields one per step; ``generate()`` without ``on_step`` reads the canvases once, at
+the end), so the host queues step after step while the device works.
+
+Same algorithm and the same guarantees as the host path (every committed token belongs to one
+complete valid assignment of its slot); different random streams (each row seeds a device
+generator from its own generator once, so a batch still gives what its rows give alone), and
+class masses are summed in float32 with a fixed shift of e^80: a class whose whole mass lies
+below e^-183 of its position's counts as the floor weight of a zero-probability class (still
+possible, never preferred) instead of its exact tiny weight.
+
+Used on CUDA devices for rows without grammar slots and with fixed step counts (no confidence
+threshold); everything else runs the host path. ``DLMPROMPT_SAMPLER=device`` forces it on
+any device (the CPU tests run it so), ``host`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import devicechain as dc
+from .automaton import TokenAutomaton
+from .chain import FLOOR
+from .errors import BackendError, DLMPromptError
+
+_CHUNK = 1024  # positions of [chunk, V] temporaries at a time
+_SHIFT = 80.0  # class masses are summed as p * e^80 in float32: no overflow, underflow at e^-183
+
+
+def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
+    """Whether ``rows`` run on the device path (see the module docstring)."""
+    mode = os.environ.get("DLMPROMPT_SAMPLER", "auto").lower()
+    if mode not in ("auto", "device", "host"):
+        raise ValueError(f"DLMPROMPT_SAMPLER={mode!r}: use auto, device or host")
+    if mode == "host" or hasattr(denoiser, "block_sample"):
+        return False
+    for r in rows:
+        if r.cursors or r.sched.threshold is not None or r.steps or r.block:
+            return False
+    if mode == "device":
+        return True
+    dev = getattr(denoiser, "device", None)
+    return dev is not None and torch.device(dev).type == "cuda"
+
+
+# ----------------------------------------------------------------------------- static plans
+
+
+@dataclass
+class _RowBlock:
+    """What one program needs in one block, on the host (merged into a batch plan on demand)."""
+
+    chain_autos: list[TokenAutomaton]
+    chain_pos: list[np.ndarray]  # canvas positions of each constrained slot meeting the block
+    trivial_pos: np.ndarray  # in-block positions of unconstrained slots
+    trivial_autos: list[TokenAutomaton]  # per trivial position
+    cand: list[tuple[int, int]]  # per in-block slot position: (chain, j) or (-1, trivial index)
+    cand_pos: np.ndarray
+
+
+_ROW_BLOCKS: weakref.WeakKeyDictionary[Any, dict[int, _RowBlock]] = weakref.WeakKeyDictionary()
+
+
+def _row_block(program: Any, block: int) -> _RowBlock:
+    per = _ROW_BLOCKS.setdefault(program, {})
+    hit = per.get(block)
+    if hit is not None:
+        return hit
+    a, z = program.schedule.blocks[block]
+    chain_autos: list[TokenAutomaton] = []
+    chain_pos: list[np.ndarray] = []
+    triv_pos: list[int] = []
+    triv_autos: list[TokenAutomaton] = []
+    cand: list[tuple[int, int]] = []
+    cand_pos: list[int] = []
+    for slot in program.layout.slots:
+        if slot.stop <= a or slot.start >= z or slot.grammar is not None:
+            continue
+        auto = slot.automaton
+        lo, hi = max(slot.start, a), min(slot.stop, z)
+        if auto.trivial:
+            for p in range(lo, hi):
+                cand.append((-1, len(triv_pos)))
+                cand_pos.append(p)
+                triv_pos.append(p)
+                triv_autos.append(auto)
+            continue
+        s = len(chain_autos)
+        chain_autos.append(auto)
+        chain_pos.append(np.arange(slot.start, slot.stop))
+        for p in range(lo, hi):
+            cand.append((s, p - slot.start))
+            cand_pos.append(p)
+    hit = per[block] = _RowBlock(
+        chain_autos, chain_pos, np.asarray(triv_pos, dtype=np.int64), triv_autos, cand, np.asarray(cand_pos, dtype=np.int64)
+    )
+    return hit
+
+
+@dataclass
+class _Group:
+    """Positions of one row whose class masses come from one automaton."""
+
+    row: int
+    auto: TokenAutomaton
+    rows: torch.Tensor  # logits rows (flat) of the positions
+    urows: torch.Tensor | None  # unconditional logits rows (classifier-free guidance)
+    dest: torch.Tensor  # chain cells (s * N + j), or trivial indices
+    chain: bool
+    mass_index: slice  # where their log-normalisers go in the plan's lse table
+
+
+@dataclass
+class _Cands:
+    """One row's in-block slot positions, a chunk of them."""
+
+    row: int
+    rows: torch.Tensor
+    urows: torch.Tensor | None
+    canvas: torch.Tensor  # flat canvas index
+    tc_row: torch.Tensor  # index into the plan's token-class table
+    cls_idx: torch.Tensor  # into [chain cells..., trivial...]
+    lse_idx: torch.Tensor
+    n: int
+
+
+class _Plan:
+    """A batch's merged static tensors for one combination of (program, block) per row."""
+
+    def __init__(self, rows: Sequence[Any], width: int, device: torch.device) -> None:
+        self.device = device
+        dev = device
+        b_n = len(rows)
+        blocks = [_row_block(r.program, r.block) for r in rows]
+        v = rows[0].program.tokenizer.vocab_size
+        self.v = v
+        self.cfg_rows = [i for i, r in enumerate(rows) if r.sched.cfg_scale > 0]
+        urow_of = {b: b_n + k for k, b in enumerate(self.cfg_rows)}
+        # chains
+        autos = [a for rb in blocks for a in rb.chain_autos]
+        self.n_chains = len(autos)
+        self.n = 0
+        offsets = np.cumsum([0] + [len(rb.chain_autos) for rb in blocks])
+        if autos:
+            self.chains = dc.pack(autos, dev)
+            n = max(len(p) for rb in blocks for p in rb.chain_pos)
+            pos = np.zeros((len(autos), n), dtype=np.int64)
+            valid = np.zeros((len(autos), n), dtype=bool)
+            k = 0
+            for b, rb in enumerate(blocks):
+                for p in rb.chain_pos:
+                    pos[k, : len(p)] = b * width + p
+                    valid[k, : len(p)] = True
+                    k += 1
+            self.n = n
+            self.chain_canvas = torch.from_numpy(pos).to(dev)
+            self.chain_valid = torch.from_numpy(valid).to(dev)
+            temps = np.repeat([r.sched.temperature for r in rows], [len(rb.chain_autos) for rb in blocks])
+            self.greedy_chain = torch.from_numpy(temps == 0).to(dev)
+            self.any_greedy = bool((temps == 0).any())
+            self.all_greedy = bool((temps == 0).all())
+            self.separate = bool((temps != 1.0).any())
+        # token-class table: one row per distinct automaton
+        all_autos: dict[int, TokenAutomaton] = {}
+        for rb in blocks:
+            for a in rb.chain_autos + rb.trivial_autos:
+                all_autos.setdefault(id(a), a)
+        tab_index = {k: i for i, k in enumerate(all_autos)}
+        tc = np.stack([a.token_class[:v].astype(np.int64) for a in all_autos.values()]) if all_autos else None
+        self.tc = torch.from_numpy(tc).to(dev) if tc is not None else None
+        if autos:
+            self.chain_tc = torch.from_numpy(np.array([tab_index[id(a)] for a in autos]) * v).to(dev)
+        self.c1 = self.chains.n_classes if autos else 1
+        # per-row mass groups and candidate chunks
+        self.groups: list[_Group] = []
+        self.cands: list[_Cands] = []
+        n_cells = self.n_chains * (self.n if autos else 0)
+        triv_off = np.cumsum([0] + [len(rb.trivial_pos) for rb in blocks])
+        self.n_trivial = int(triv_off[-1])
+        lse_at = 0
+        self.noise_shapes: list[tuple[int, int, int, int, int]] = []  # row, first chain, chains, N, C
+        for b, (r, rb) in enumerate(zip(rows, blocks)):
+            lse_of: dict[tuple[int, int], int] = {}  # (chain, j) or (-1, trivial index) -> lse slot
+            by_auto: dict[int, list[tuple[int, int, tuple[int, int]]]] = {}  # (canvas pos, dest, key)
+            auto_of: dict[int, TokenAutomaton] = {}
+            for s, (a, p) in enumerate(zip(rb.chain_autos, rb.chain_pos)):
+                s_g = int(offsets[b]) + s
+                auto_of[id(a)] = a
+                for j, pp in enumerate(p):
+                    by_auto.setdefault(id(a), []).append((int(pp), s_g * self.n + j, (s, j)))
+            for t, (a, pp) in enumerate(zip(rb.trivial_autos, rb.trivial_pos)):
+                auto_of[id(a)] = a
+                by_auto.setdefault(id(a), []).append((int(pp), int(triv_off[b]) + t, (-1, t)))
+            for key, items in by_auto.items():
+                auto = auto_of[key]
+                for i in range(0, len(items), _CHUNK):
+                    part = items[i : i + _CHUNK]
+                    p = np.array([x[0] for x in part], dtype=np.int64)
+                    self.groups.append(
+                        _Group(
+                            b,
+                            auto,
+                            _t(b * width + p, dev),
+                            _t(urow_of[b] * width + p, dev) if b in urow_of else None,
+                            _t(np.array([x[1] for x in part], dtype=np.int64), dev),
+                            not auto.trivial,
+                            slice(lse_at, lse_at + len(part)),
+                        )
+                    )
+                    for x in part:
+                        lse_of[x[2]] = lse_at
+                        lse_at += 1
+            if rb.chain_autos and r.sched.temperature > 0:
+                cmax = max(a.n_classes for a in rb.chain_autos)
+                nmax = max(len(p) for p in rb.chain_pos)
+                self.noise_shapes.append((b, int(offsets[b]), len(rb.chain_autos), nmax, cmax))
+            # candidates, in chunks of one row
+            cp = rb.cand_pos
+            for i in range(0, len(cp), _CHUNK):
+                part = rb.cand[i : i + _CHUNK]
+                p = cp[i : i + _CHUNK]
+                cls_idx = [
+                    (int(offsets[b]) + s) * self.n + j if s >= 0 else n_cells + int(triv_off[b]) + j for s, j in part
+                ]
+                tcr = [tab_index[id(rb.chain_autos[s] if s >= 0 else rb.trivial_autos[j])] for s, j in part]
+                self.cands.append(
+                    _Cands(
+                        b,
+                        _t(b * width + p, dev),
+                        _t(urow_of[b] * width + p, dev) if b in urow_of else None,
+                        _t(b * width + p, dev),
+                        _t(np.array(tcr, dtype=np.int64), dev),
+                        _t(np.array(cls_idx, dtype=np.int64), dev),
+                        _t(np.array([lse_of[x] for x in part], dtype=np.int64), dev),
+                        len(part),
+                    )
+                )
+        self.n_mass = lse_at
+        self.n_cells = n_cells
+
+
+def _t(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(dev, non_blocking=True)
+
+
+_PLANS: dict[tuple[Any, ...], tuple[list[weakref.ref[Any]], _Plan]] = {}
+
+
+def _plan(rows: Sequence[Any], width: int, device: torch.device) -> _Plan:
+    key = (tuple((id(r.program), r.block) for r in rows), width, str(device))
+    hit = _PLANS.get(key)
+    if hit is not None and all(ref() is r.program for ref, r in zip(hit[0], rows)):
+        return hit[1]
+    plan = _Plan(rows, width, device)
+    if len(_PLANS) > 64:
+        _PLANS.clear()
+    _PLANS[key] = ([weakref.ref(r.program) for r in rows], plan)
+    return plan
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def _clean(lg: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(lg.float(), nan=-1e30, posinf=1e30, neginf=-1e30).clamp_(-1e30, 1e30)
+
+
+def _gather(flat: torch.Tensor, rows: torch.Tensor, urows: torch.Tensor | None, scale: float, v: int) -> torch.Tensor:
+    """Clean float32 logits of the given flat rows (classifier-free guidance applied)."""
+    lg = _clean(flat[rows, :v])
+    if urows is not None:
+        un = _clean(flat[urows, :v])
+        lg = (un + (scale + 1.0) * (lg - un)).clamp_(-1e30, 1e30)
+    return lg
+
+
+def _log_mass(lg: torch.Tensor, lse: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """log class masses [n, C] float64, floored (see the module docstring)."""
+    p = torch.exp(lg - lse[:, None] + _SHIFT)
+    return (torch.log((p @ onehot).double()) - _SHIFT).clamp_(min=FLOOR)
+
+
+def _class_max(lg: torch.Tensor, lse: torch.Tensor, index: torch.Tensor, c: int) -> torch.Tensor:
+    idx = index.unsqueeze(0).expand(lg.shape[0], -1)
+    cmax = torch.full((lg.shape[0], c + 1), -torch.inf, dtype=lg.dtype, device=lg.device)
+    cmax.scatter_reduce_(1, idx, lg, reduce="amax", include_self=True)
+    return (cmax[:, :c].double() - lse.double()[:, None]).clamp_(min=FLOOR)
+
+
+class DeviceRun:
+    """State of a batch of rows on the device path."""
+
+    def __init__(self, denoiser: Any, rows: Sequence[Any]) -> None:
+        from .sampler import _classes
+
+        self._classes = _classes
+        self.denoiser = denoiser
+        self.rows = list(rows)
+        dev = getattr(denoiser, "device", None)
+        self.device = torch.device(dev) if dev is not None else torch.device("cpu")
+        first = rows[0].program
+        self.mask_id = int(first.mask_id)
+        self.pad = int(first.pad_id) if first.pad_id is not None else 0
+        self.width = max(len(r.canvas) for r in rows)
+        canvas = np.full((len(rows), self.width), self.pad, dtype=np.int64)
+        att = np.zeros((len(rows), self.width), dtype=bool)
+        for i, r in enumerate(rows):
+            canvas[i, : len(r.canvas)] = r.canvas
+            att[i, : len(r.canvas)] = True
+        self.att_all = att
+        self.canvas = torch.from_numpy(canvas).to(self.device)
+        self.prompt = torch.from_numpy(
+            np.stack([np.pad(r.program.layout.prompt, (0, self.width - len(r.canvas))) for r in rows])
+        ).to(self.device)
+        self.active = list(range(len(rows)))  # rows of self.canvas still running, by row number
+        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        # each row's device generator, seeded once from its own generator
+        self.gens = []
+        for r in rows:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(int(torch.randint(0, 2**62, (1,), generator=r.gen)))
+            self.gens.append(g)
+        # masked positions in each block at its start, and left in the current one: the host's
+        # count of the device state (each step commits exactly its schedule's number)
+        self.block_masked = [
+            [int(((r.slot_of[a:z] >= 0) & (r.canvas[a:z] == self.mask_id)).sum()) for a, z in r.sched.blocks]
+            for r in rows
+        ]
+        self.left = [m[0] if m else 0 for m in self.block_masked]
+        self.full = self.canvas  # every row's canvas; rows that finish are written back here
+
+    # ------------------------------------------------------------------ loop
+    def run(self, events: bool) -> Iterator[Any]:
+        from .sampler import Step
+
+        while True:
+            live = [i for i in self.active if not self.rows[i].done]
+            if len(live) != len(self.active):
+                self._write_back()
+                if not live:
+                    break
+                keep = _t(np.array([self.active.index(i) for i in live], dtype=np.int64), self.device)
+                self.canvas = self.canvas[keep]
+                self.prompt = self.prompt[keep]
+                self.active = live
+            rows = [self.rows[i] for i in live]
+            ks = self._counts(rows)
+            picked = self._step(rows, ks)
+            for r in rows:
+                r.passes += 2 if r.sched.cfg_scale > 0 else 1
+            if events:
+                host = self._fetch(picked)
+                for b, (i, r) in enumerate(zip(live, rows)):
+                    k = ks[b]
+                    pos, tok, conf = host[0][b, :k].astype(np.int64), host[1][b, :k].astype(np.int64), host[2][b, :k]
+                    r.canvas[pos] = tok
+                    yield Step(
+                        row=r.row,
+                        index=r.steps,
+                        canvas=r.canvas.copy(),
+                        committed=pos,
+                        tokens=tok,
+                        confidences=conf,
+                        forward_passes=r.passes,
+                    )
+                    self._advance(i, r, k)
+            else:
+                for i, r, k in zip(live, rows, ks):
+                    self._advance(i, r, k)
+        self._write_back()
+        if not events:
+            self._final()
+
+    def _write_back(self) -> None:
+        self.full = self.full.index_copy(0, _t(np.array(self.active, dtype=np.int64), self.device), self.canvas)
+
+    def _counts(self, rows: Sequence[Any]) -> list[int]:
+        out = []
+        for r, i in zip(rows, self.active):
+            counts = r.sched.counts[r.block]
+            left = self.left[i]
+            k = counts[r.step_in_block] if r.step_in_block < len(counts) else left
+            out.append(min(k, left))
+        return out
+
+    def _advance(self, i: int, r: Any, k: int) -> None:
+        self.left[i] -= k
+        r.steps += 1
+        r.step_in_block += 1
+        if self.left[i] == 0:
+            r.block += 1
+            r.step_in_block = 0
+            if not r.done:
+                self.left[i] = self.block_masked[i][r.block]
+
+    def _fetch(self, picked: torch.Tensor) -> list[np.ndarray]:
+        host = torch.cat([picked.reshape(-1).double(), self.bad.double().reshape(1)]).cpu().numpy()
+        if host[-1]:
+            raise DLMPromptError(
+                "internal error: a slot could not be completed from its committed tokens on the device "
+                "path; please report this with the prompt (DLMPROMPT_SAMPLER=host avoids it)"
+            )
+        return list(host[:-1].reshape(picked.shape))
+
+    def _final(self) -> None:
+        canvas = torch.cat([self.full.reshape(-1), self.bad.long().reshape(1)]).cpu().numpy()
+        if canvas[-1]:
+            raise DLMPromptError(
+                "internal error: a slot could not be completed from its committed tokens on the device "
+                "path; please report this with the prompt (DLMPROMPT_SAMPLER=host avoids it)"
+            )
+        full = canvas[:-1].reshape(len(self.rows), self.width)
+        for r, c in zip(self.rows, full):
+            r.canvas[:] = c[: len(r.canvas)]
+
+    # ------------------------------------------------------------------ step
+    def _step(self, rows: Sequence[Any], ks: list[int]) -> torch.Tensor:
+        dev = self.device
+        plan = _plan(rows, self.width, dev)
+        b_n = len(rows)
+        canvas = self.canvas
+        ids = canvas
+        att = self.att_all[self.active]
+        if plan.cfg_rows:
+            cr = torch.tensor(plan.cfg_rows).to(dev, non_blocking=True)
+            un = torch.where(self.prompt[cr], self.mask_id, canvas[cr])
+            ids = torch.cat([canvas, un])
+            att = np.concatenate([att, att[plan.cfg_rows]])
+        att_t = torch.from_numpy(att)
+        if not getattr(self.denoiser, "host_attention_mask", False):
+            att_t = att_t.to(dev, non_blocking=True)
+        with torch.no_grad():
+            logits = self.denoiser(ids, att_t)
+        v = plan.v
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[1] < self.width or logits.shape[2] < v:
+            from .denoiser import describe
+
+            raise BackendError(
+                f"{describe(self.denoiser)} returned logits of shape {tuple(getattr(logits, 'shape', ()))}; "
+                f"expected ({ids.shape[0]}, {self.width}, >= {v})"
+            )
+        with torch.no_grad():
+            return self._sample(plan, rows, ks, logits[:, : self.width].reshape(-1, logits.shape[2]))
+
+    def _sample(self, plan: _Plan, rows: Sequence[Any], ks: list[int], flat: torch.Tensor) -> torch.Tensor:
+        dev = self.device
+        v = plan.v
+        b_n = len(rows)
+        canvas_flat = self.canvas.reshape(-1)
+        lse_all = torch.empty(plan.n_mass, dtype=torch.float32, device=dev)
+        c1 = plan.c1
+        if plan.n_chains:
+            wm_c = torch.full((plan.n_cells, c1), dc.NEG, dtype=torch.float64, device=dev)
+            wm_s = torch.full_like(wm_c, dc.NEG) if plan.separate else wm_c
+        triv = torch.zeros(plan.n_trivial, dtype=torch.float64, device=dev)
+        for g in plan.groups:
+            r = rows[g.row]
+            temp = r.sched.temperature
+            cls = self._classes(g.auto, dev)
+            lg = _gather(flat, g.rows, g.urows, r.sched.cfg_scale, v)
+            lse = torch.logsumexp(lg, dim=1)
+            lse_all[g.mass_index] = lse
+            lm = _log_mass(lg, lse, cls.onehot(torch.float32))
+            if not g.chain:
+                triv[g.dest] = lm[:, 0]
+                continue
+            c = g.auto.n_classes
+            cols = torch.arange(c, device=dev)
+            wm_c[g.dest[:, None], cols[None, :]] = lm
+            if plan.separate and temp != 1.0:
+                if temp == 0:
+                    lm_s = _class_max(lg, lse, cls.index, c)
+                else:
+                    lgs = (lg / temp).clamp_(-3e38, 3e38)
+                    lm_s = _log_mass(lgs, torch.logsumexp(lgs, dim=1), cls.onehot(torch.float32))
+                wm_s[g.dest[:, None], cols[None, :]] = lm_s
+            elif plan.separate:
+                wm_s[g.dest[:, None], cols[None, :]] = lm
+        # the forward-backward pass of every constrained slot of every row at once
+        if plan.n_chains:
+            ch = plan.chains
+            s_n, n = plan.n_chains, plan.n
+            tok = canvas_flat[plan.chain_canvas]
+            masked = (tok == self.mask_id) & plan.chain_valid
+            cc = plan.tc.reshape(-1)[plan.chain_tc[:, None] + tok.clamp(0, v - 1)]
+            cc = torch.where(plan.chain_valid, cc, c1 - 1)
+            oh = torch.where(torch.arange(c1, device=dev) == cc[..., None], 0.0, dc.NEG).to(torch.float64)
+            w_c = torch.where(masked[..., None], wm_c.view(s_n, n, c1), oh)
+            w_s = torch.where(masked[..., None], wm_s.view(s_n, n, c1), oh) if plan.separate else w_c
+            noise = None
+            if not plan.all_greedy:
+                u = torch.full((s_n, n, c1), float(np.exp(-1.0)), dtype=torch.float64, device=dev)
+                for b, s0, sn, nb, cb in plan.noise_shapes:
+                    draw = torch.rand((sn, nb, cb), generator=self.gens[self.active[b]], dtype=torch.float64, device=dev)
+                    u[s0 : s0 + sn, :nb, :cb] = draw
+                noise = -torch.log(-torch.log(u.clamp_(min=1e-300)))
+            greedy = plan.greedy_chain if plan.any_greedy else None
+            beta = dc.backward(ch, w_s, greedy)
+            classes, ok = dc.sample(ch, w_s, beta, noise)
+            beta_c = dc.backward(ch, w_c, None) if plan.separate else beta
+            logw = dc.weights(ch, w_c, beta_c)
+            self.bad = self.bad | ~ok.all()
+            cls_all = torch.cat([classes.reshape(-1), torch.zeros(plan.n_trivial, dtype=torch.int64, device=dev)])
+            lw_all = torch.cat([logw.reshape(-1, c1), self._trivial_w(triv, c1)])
+        else:
+            cls_all = torch.zeros(plan.n_trivial, dtype=torch.int64, device=dev)
+            lw_all = self._trivial_w(triv, c1)
+        # tokens, confidences and scores of every in-block slot position
+        width = self.width
+        dense = torch.full((b_n * width,), -torch.inf, dtype=torch.float64, device=dev)
+        tok_d = torch.zeros(b_n * width, dtype=torch.int64, device=dev)
+        conf_d = torch.zeros(b_n * width, dtype=torch.float64, device=dev)
+        for cd in plan.cands:
+            r = rows[cd.row]
+            temp = r.sched.temperature
+            gen = self.gens[self.active[cd.row]]
+            lg = _gather(flat, cd.rows, cd.urows, r.sched.cfg_scale, v)
+            lse = lse_all[cd.lse_idx]
+            cls = cls_all[cd.cls_idx]
+            lw = lw_all[cd.cls_idx]
+            tc = plan.tc[cd.tc_row]  # [n, V]
+            if temp > 0:
+                u = torch.rand(lg.shape, generator=gen, dtype=torch.float32, device=dev)
+                pert = (lg / temp).clamp_(-3e38, 3e38) - torch.log(-torch.log(u.clamp_(min=1e-38)))
+            else:
+                pert = lg
+            t = torch.where(tc == cls[:, None], pert, -torch.inf).argmax(dim=1)
+            logp = lg.gather(1, t[:, None]).squeeze(1) - lse
+            conf = (logp.double() + lw.gather(1, cls[:, None]).squeeze(1)).exp().clamp(max=1.0)
+            logq = None
+            if r.strategy.needs_marginals:
+                lw_ext = torch.cat([lw, torch.full((cd.n, 1), -torch.inf, dtype=lw.dtype, device=dev)], dim=1)
+                logq = (lg - lse[:, None]).double() + lw_ext.gather(1, torch.where(tc >= 0, tc, c1))
+            if r.strategy.name == "random":
+                score = torch.rand(cd.n, generator=gen, dtype=torch.float64, device=dev)
+            else:
+                score = r.strategy.score(conf, logq, cd.n, gen).double()
+            live = canvas_flat[cd.canvas] == self.mask_id
+            score = torch.nan_to_num(score, nan=-1e300, posinf=1e300, neginf=-1e300)
+            dense[cd.canvas] = torch.where(live, score, -torch.inf)
+            tok_d[cd.canvas] = t
+            conf_d[cd.canvas] = conf
+        # commit the k best of each row (stable: ties go to the leftmost position)
+        kmax = max(ks)
+        dense = dense.view(b_n, width)
+        order = torch.sort(dense, dim=1, descending=True, stable=True).indices[:, :kmax]
+        k_t = torch.tensor(ks, dtype=torch.int64).to(dev, non_blocking=True)
+        take = torch.arange(kmax, device=dev)[None, :] < k_t[:, None]
+        cur = self.canvas.gather(1, order)
+        new = torch.where(take, tok_d.view(b_n, width).gather(1, order), cur)
+        self.canvas = self.canvas.scatter(1, order, new)
+        return torch.stack([order.double(), new.double(), conf_d.view(b_n, width).gather(1, order)])
+
+    @staticmethod
+    def _trivial_w(triv: torch.Tensor, c1: int) -> torch.Tensor:
+        lw = torch.full((len(triv), c1), -torch.inf, dtype=torch.float64, device=triv.device)
+        lw[:, 0] = -triv
+        return lw
