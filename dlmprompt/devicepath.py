@@ -36,7 +36,7 @@ import torch
 from . import devicechain as dc
 from .automaton import TokenAutomaton
 from .chain import FLOOR
-from .errors import BackendError, DLMPromptError
+from .errors import DLMPromptError
 
 _CHUNK = 1024  # positions of [chunk, V] temporaries at a time
 _SHIFT = 80.0  # class masses are summed as p * e^80 in float32: no overflow, underflow at e^-183
@@ -107,7 +107,12 @@ def _row_block(program: Any, block: int) -> _RowBlock:
             cand.append((s, p - slot.start))
             cand_pos.append(p)
     hit = per[block] = _RowBlock(
-        chain_autos, chain_pos, np.asarray(triv_pos, dtype=np.int64), triv_autos, cand, np.asarray(cand_pos, dtype=np.int64)
+        chain_autos,
+        chain_pos,
+        np.asarray(triv_pos, dtype=np.int64),
+        triv_autos,
+        cand,
+        np.asarray(cand_pos, dtype=np.int64),
     )
     return hit
 
@@ -168,10 +173,10 @@ class _Plan:
                     valid[k, : len(p)] = True
                     k += 1
             self.n = n
-            self.chain_canvas = torch.from_numpy(pos).to(dev)
-            self.chain_valid = torch.from_numpy(valid).to(dev)
+            self.chain_canvas = torch.from_numpy(pos).to(dev, non_blocking=True)
+            self.chain_valid = torch.from_numpy(valid).to(dev, non_blocking=True)
             temps = np.repeat([r.sched.temperature for r in rows], [len(rb.chain_autos) for rb in blocks])
-            self.greedy_chain = torch.from_numpy(temps == 0).to(dev)
+            self.greedy_chain = torch.from_numpy(temps == 0).to(dev, non_blocking=True)
             self.any_greedy = bool((temps == 0).any())
             self.all_greedy = bool((temps == 0).all())
             self.separate = bool((temps != 1.0).any())
@@ -182,9 +187,9 @@ class _Plan:
                 all_autos.setdefault(id(a), a)
         tab_index = {k: i for i, k in enumerate(all_autos)}
         tc = np.stack([a.token_class[:v].astype(np.int64) for a in all_autos.values()]) if all_autos else None
-        self.tc = torch.from_numpy(tc).to(dev) if tc is not None else None
+        self.tc = torch.from_numpy(tc).to(dev, non_blocking=True) if tc is not None else None
         if autos:
-            self.chain_tc = torch.from_numpy(np.array([tab_index[id(a)] for a in autos]) * v).to(dev)
+            self.chain_tc = torch.from_numpy(np.array([tab_index[id(a)] for a in autos]) * v).to(dev, non_blocking=True)
         self.c1 = self.chains.n_classes if autos else 1
         # per-row mass groups and candidate chunks
         self.groups: list[_Group] = []
@@ -306,9 +311,10 @@ class DeviceRun:
     """State of a batch of rows on the device path."""
 
     def __init__(self, denoiser: Any, rows: Sequence[Any]) -> None:
-        from .sampler import _classes
+        from .sampler import _check_logits, _classes
 
         self._classes = _classes
+        self._check_logits = _check_logits
         self.denoiser = denoiser
         self.rows = list(rows)
         dev = getattr(denoiser, "device", None)
@@ -346,6 +352,14 @@ class DeviceRun:
 
     # ------------------------------------------------------------------ loop
     def run(self, events: bool) -> Iterator[Any]:
+        """Every step to the end; with ``events`` each step is read back and yielded as a
+        :class:`~dlmprompt.sampler.Step`, else nothing is read back until the rows' canvases, once."""
+        yield from self.steps(events)
+        if not events:
+            self.finish()
+
+    def steps(self, events: bool) -> Iterator[Any]:
+        """The steps; without ``events`` they queue on the device and nothing waits for them."""
         from .sampler import Step
 
         while True:
@@ -383,8 +397,6 @@ class DeviceRun:
                 for i, r, k in zip(live, rows, ks):
                     self._advance(i, r, k)
         self._write_back()
-        if not events:
-            self._final()
 
     def _write_back(self) -> None:
         self.full = self.full.index_copy(0, _t(np.array(self.active, dtype=np.int64), self.device), self.canvas)
@@ -417,7 +429,8 @@ class DeviceRun:
             )
         return list(host[:-1].reshape(picked.shape))
 
-    def _final(self) -> None:
+    def finish(self) -> None:
+        """Read every row's canvas back (the one wait of a run without events)."""
         canvas = torch.cat([self.full.reshape(-1), self.bad.long().reshape(1)]).cpu().numpy()
         if canvas[-1]:
             raise DLMPromptError(
@@ -432,7 +445,6 @@ class DeviceRun:
     def _step(self, rows: Sequence[Any], ks: list[int]) -> torch.Tensor:
         dev = self.device
         plan = _plan(rows, self.width, dev)
-        b_n = len(rows)
         canvas = self.canvas
         ids = canvas
         att = self.att_all[self.active]
@@ -446,14 +458,7 @@ class DeviceRun:
             att_t = att_t.to(dev, non_blocking=True)
         with torch.no_grad():
             logits = self.denoiser(ids, att_t)
-        v = plan.v
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[1] < self.width or logits.shape[2] < v:
-            from .denoiser import describe
-
-            raise BackendError(
-                f"{describe(self.denoiser)} returned logits of shape {tuple(getattr(logits, 'shape', ()))}; "
-                f"expected ({ids.shape[0]}, {self.width}, >= {v})"
-            )
+        self._check_logits(self.denoiser, logits, ids.shape[0], self.width, plan.v)
         with torch.no_grad():
             return self._sample(plan, rows, ks, logits[:, : self.width].reshape(-1, logits.shape[2]))
 
@@ -506,7 +511,9 @@ class DeviceRun:
             if not plan.all_greedy:
                 u = torch.full((s_n, n, c1), float(np.exp(-1.0)), dtype=torch.float64, device=dev)
                 for b, s0, sn, nb, cb in plan.noise_shapes:
-                    draw = torch.rand((sn, nb, cb), generator=self.gens[self.active[b]], dtype=torch.float64, device=dev)
+                    draw = torch.rand(
+                        (sn, nb, cb), generator=self.gens[self.active[b]], dtype=torch.float64, device=dev
+                    )
                     u[s0 : s0 + sn, :nb, :cb] = draw
                 noise = -torch.log(-torch.log(u.clamp_(min=1e-300)))
             greedy = plan.greedy_chain if plan.any_greedy else None

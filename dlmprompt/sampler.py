@@ -108,9 +108,9 @@ class _Classes:
     def __init__(self, auto: TokenAutomaton, device: torch.device) -> None:
         c = auto.n_classes
         tc = torch.from_numpy(auto.token_class.astype(np.int64))
-        self.index = torch.where(tc >= 0, tc, torch.full_like(tc, c)).to(device)  # dump column c
-        self.token_class = tc.to(device)
-        self.disallowed = torch.from_numpy(np.nonzero(auto.token_class < 0)[0]).to(device)
+        self.index = torch.where(tc >= 0, tc, torch.full_like(tc, c)).to(device, non_blocking=True)  # dump column c
+        self.token_class = tc.to(device, non_blocking=True)
+        self.disallowed = torch.from_numpy(np.nonzero(auto.token_class < 0)[0]).to(device, non_blocking=True)
         self.device = device
         self.n_classes = c
         # class sums as one matrix product (no atomics into a few columns) while [V, C] stays small
@@ -673,9 +673,13 @@ def _run(denoiser: Any, rows: list[_Row], events: bool = True) -> Iterator[Step]
 
     if hasattr(denoiser, "block_sample"):  # uniform-noise block diffusion (DiffusionGemma)
         yield from denoiser.block_sample(rows)
-    elif devicepath.eligible(denoiser, rows):
-        yield from devicepath.DeviceRun(denoiser, rows).run(events)
-    else:
+        return
+    # each row's path depends on its own program alone, so a batch gives what its rows give alone
+    on_device = [r for r in rows if devicepath.eligible(denoiser, [r])]
+    if on_device:
+        yield from devicepath.DeviceRun(denoiser, on_device).run(events)
+        rows = [r for r in rows if not any(r is d for d in on_device)]
+    if rows:
         yield from _loop(denoiser, rows)
 
 
@@ -685,6 +689,24 @@ def _loop(denoiser: Any, rows: list[_Row]) -> Iterator[Step]:
         if not active:
             return
         yield from forward_step(denoiser, active)
+
+
+def _check_logits(denoiser: Any, logits: Any, rows: int, width: int, v: int) -> None:
+    """A clear error for a denoiser that returns something other than logits ``[rows, width, >= v]``."""
+    if not isinstance(logits, torch.Tensor):
+        hint = " (a transformers model output: return its .logits)" if hasattr(logits, "logits") else ""
+        raise BackendError(
+            f"{describe(denoiser)} returned {type(logits).__name__}; expected a torch.Tensor of logits{hint}"
+        )
+    if logits.ndim != 3 or logits.shape[0] != rows or logits.shape[1] < width:
+        raise BackendError(
+            f"{describe(denoiser)} returned logits of shape {tuple(logits.shape)}; expected ({rows}, {width}, >= {v})"
+        )
+    if logits.shape[2] < v:
+        raise BackendError(
+            f"{describe(denoiser)} scores {logits.shape[2]} tokens but the tokenizer has {v}; "
+            "use the model's own tokenizer"
+        )
 
 
 def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
@@ -717,22 +739,7 @@ def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
         att_t = att_t.to(device)
     with torch.no_grad():
         logits = denoiser(ids_t, att_t)
-    v = first.tokenizer.vocab_size
-    if not isinstance(logits, torch.Tensor):
-        hint = " (a transformers model output: return its .logits)" if hasattr(logits, "logits") else ""
-        raise BackendError(
-            f"{describe(denoiser)} returned {type(logits).__name__}; expected a torch.Tensor of logits{hint}"
-        )
-    if logits.ndim != 3 or logits.shape[0] != len(seqs) or logits.shape[1] < width:
-        raise BackendError(
-            f"{describe(denoiser)} returned logits of shape {tuple(logits.shape)}; expected "
-            f"({len(seqs)}, {width}, >= {v})"
-        )
-    if logits.shape[2] < v:
-        raise BackendError(
-            f"{describe(denoiser)} scores {logits.shape[2]} tokens but the tokenizer has {v}; "
-            "use the model's own tokenizer"
-        )
+    _check_logits(denoiser, logits, len(seqs), width, first.tokenizer.vocab_size)
     by_row: dict[int, list[torch.Tensor]] = {}
     for i, (r, _uncond) in enumerate(owners):
         by_row.setdefault(id(r), []).append(logits[i, : len(r.canvas)])

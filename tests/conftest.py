@@ -29,3 +29,18 @@ def qwen_tok() -> Tokenizer:
     from dlmprompt.tokenizer import qwen25_tokenizer
 
     return qwen25_tokenizer()
+
+
+@pytest.fixture(scope="module", params=["host", "device"])
+def both_paths(request):  # type: ignore[no-untyped-def]
+    """Run a module's tests on the sampler's host path and again on its device path (forced on
+    the CPU here; on CUDA it is the default)."""
+    import os
+
+    old = os.environ.get("DLMPROMPT_SAMPLER")
+    os.environ["DLMPROMPT_SAMPLER"] = request.param
+    yield request.param
+    if old is None:
+        os.environ.pop("DLMPROMPT_SAMPLER", None)
+    else:
+        os.environ["DLMPROMPT_SAMPLER"] = old

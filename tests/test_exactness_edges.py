@@ -8,6 +8,8 @@ import torch
 
 from dlmprompt import BackendError, Prompt, SpecError, compile, generate, slot
 
+pytestmark = pytest.mark.usefixtures("both_paths")  # host and device sampler paths
+
 
 class TableDenoiser:
     """Every position gets the same logits: ``default`` except for the given bytes."""

@@ -91,3 +91,64 @@ def test_diffusion_gemma_on_cuda(tmp_path) -> None:
     torch.manual_seed(3)
     ref = den.model.generate(prefix, max_new_tokens=16, max_denoising_steps=5).sequences[0].cpu()
     assert ours.canvas.tolist() == ref[: len(ours.canvas)].tolist()
+
+
+def test_device_path_waits_for_nothing_between_steps() -> None:
+    """On CUDA the sampler's device path queues step after step: from the first step to the last
+    no operation waits for the device (torch's sync debug mode raises on any). Constrained and
+    free slots, sampling and greedy rows, a batch of two programs, two blocks."""
+    from torch import nn
+
+    from dlmprompt import Prompt, Tokenizer, slot
+    from dlmprompt.devicepath import DeviceRun
+    from dlmprompt.sampler import _Row
+
+    tok = Tokenizer.bytes_level(["ab", "12"])
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(tok.vocab_size, 32)
+            self.mix = nn.Linear(32, 32)
+            self.head = nn.Linear(32, tok.vocab_size)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x = self.emb(ids)
+            return self.head(torch.tanh(self.mix(x) + x.mean(dim=1, keepdim=True)))
+
+    class Den:
+        host_attention_mask = True
+        tokenizer = tok
+        mask_id = tok.mask_id
+        device = torch.device("cuda")
+        model = Tiny().cuda()
+
+        def __call__(self, ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+            return self.model(ids)
+
+    den = Den()
+    prompt = (
+        Prompt("id ")
+        + slot("code", regex=r"[a-c]{2}-[0-9]{2}", max_tokens=6)
+        + " is "
+        + slot("kind", choice=["ab", "ba"], max_tokens=2)
+        + " / "
+        + slot("note", max_tokens=5)
+    )
+    progs = [
+        compile(prompt.with_sampling(temperature=1.0, block_length=8), tok),
+        compile(prompt.with_sampling(temperature=0.0, strategy="margin"), tok),
+    ]
+    for mode in ("warn", "error"):  # the first run builds the plans and class tables (warns only)
+        rows = [_Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate(progs)]
+        run = DeviceRun(den, rows)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode(mode)
+        try:
+            for _ in run.steps(events=False):
+                pass
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        run.finish()
+        for p, r in zip(progs, rows):
+            check_result(p, r.result())

@@ -14,6 +14,8 @@ from strategies import anchors, sampling_settings, slot_specs
 from dlmprompt import CompileError, Prompt, compile, generate, sample, slot
 from dlmprompt.testing import RandomDenoiser, ScriptedDenoiser
 
+pytestmark = pytest.mark.usefixtures("both_paths")  # host and device sampler paths
+
 
 @st.composite
 def programs(draw, tok):

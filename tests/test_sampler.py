@@ -11,6 +11,8 @@ from test_properties import programs
 from dlmprompt import BackendError, Prompt, Tokenizer, compile, generate, sample, slot
 from dlmprompt.testing import RandomDenoiser, ScriptedDenoiser
 
+pytestmark = pytest.mark.usefixtures("both_paths")  # host and device sampler paths
+
 
 @settings(max_examples=40)
 @given(data=st.data())

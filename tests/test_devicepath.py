@@ -1,0 +1,185 @@
+"""The sampler's device path (``devicepath.py``, ``devicechain.py``), run here on the CPU.
+
+The modules test_sampler, test_properties and test_exactness_edges run whole on both paths (the
+``both_paths`` fixture); these tests cover what is the device path's own: its merged
+forward-backward pass against the numpy reference, its agreement with the host path where both
+are deterministic, its step events, and which rows it takes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dlmprompt import Prompt, Tokenizer, compile, generate, sample, slot
+from dlmprompt import devicechain as dc
+from dlmprompt.automaton import regex_automaton
+from dlmprompt.chain import run_chain
+from dlmprompt.testing import RandomDenoiser
+
+
+@pytest.fixture
+def device_path(monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DLMPROMPT_SAMPLER", "device")
+
+
+def test_merged_chains_of_different_automata_draw_what_the_reference_draws() -> None:
+    """Chains of four automata and of different lengths in one merged pass: the same classes as
+    ``chain.run_chain`` slot by slot given the same noise, in sampling and greedy (max-product)
+    mode, and the same constrained class weights, with a separate confidence distribution too."""
+    tok = Tokenizer.bytes_level(["ab", "12", "a1"])
+    rng = np.random.default_rng(0)
+    pats = [r"[a-z]+[0-9]{1,3}", r"(ab|a1)*x?", r"[0-9]+(\.[0-9]+)?", r"\"[A-Z][a-z]+( [A-Z][a-z]+)*\""]
+    autos = [regex_automaton(p, tok).with_pad(tok.pad_id) for p in pats]
+    checked = 0
+    for trial in range(40):
+        chain_autos, committed = [], []
+        for _ in range(int(rng.integers(1, 7))):
+            a = autos[int(rng.integers(len(autos)))]
+            lengths = np.nonzero(a.feasible_lengths(10))[0]
+            n = int(rng.choice(lengths[lengths > 0]))
+            full = run_chain(
+                a, np.full(n, -1), rng.normal(size=(n, a.n_classes)), noise=rng.gumbel(size=(n, a.n_classes)), want=None
+            )
+            c = full.classes.copy()
+            c[rng.random(n) < 0.6] = -1  # a valid partial canvas
+            chain_autos.append(a)
+            committed.append(c)
+        sizes = [int((c < 0).sum()) for c in committed]
+        lp = [rng.normal(size=(m, a.n_classes)) * 2 for m, a in zip(sizes, chain_autos)]
+        conf = [x + rng.normal(size=x.shape) for x in lp]
+        noise = [rng.gumbel(size=(m, a.n_classes)) for m, a in zip(sizes, chain_autos)]
+        ch = dc.pack(chain_autos, torch.device("cpu"))
+        for greedy in (False, True):
+            use_conf = greedy or trial % 2 == 1
+            ws = torch.from_numpy(dc.layout_weights(ch, committed, lp))
+            wc = torch.from_numpy(dc.layout_weights(ch, committed, conf if use_conf else lp))
+            nz = None
+            if not greedy:
+                g = np.zeros(tuple(ws.shape))
+                for i, c in enumerate(committed):
+                    g[i, np.nonzero(c < 0)[0], : noise[i].shape[1]] = noise[i]
+                nz = torch.from_numpy(g)
+            beta = dc.backward(ch, ws, torch.full((ch.n_chains,), greedy))
+            classes, ok = dc.sample(ch, ws, beta, nz)
+            logw = dc.weights(ch, wc, dc.backward(ch, wc, None))
+            assert bool(ok.all())
+            for i, c in enumerate(committed):
+                ref = run_chain(
+                    chain_autos[i],
+                    c,
+                    lp[i],
+                    noise=None if greedy else noise[i],
+                    want=np.ones(sizes[i], bool),
+                    logP_conf=conf[i] if use_conf else None,
+                )
+                m = np.nonzero(c < 0)[0]
+                assert np.array_equal(classes[i, m].numpy(), ref.classes)
+                fixed = np.nonzero(c >= 0)[0]
+                assert np.array_equal(classes[i, fixed].numpy(), c[fixed])
+                assert bool((classes[i, len(c) :] == ch.n_classes - 1).all())  # the identity pads
+                if len(m) == 0:
+                    continue
+                assert ref.logw is not None
+                np.testing.assert_allclose(logw[i, m, : chain_autos[i].n_classes].numpy(), ref.logw, atol=1e-8)
+                checked += 1
+    assert checked > 200
+
+
+def test_impossible_chain_is_flagged_not_filled() -> None:
+    """A committed prefix no completion can follow: the pass says so (the sampler turns the
+    flag into an error) instead of returning a class sequence."""
+    tok = Tokenizer.bytes_level([])
+    auto = regex_automaton(r"[0-9]{3}", tok)
+    ch = dc.pack([auto], torch.device("cpu"))
+    committed = np.array([-1, -1, -1])
+    lm = np.zeros((3, auto.n_classes))
+    w = torch.from_numpy(dc.layout_weights(ch, [committed], [lm]))
+    w[0, 1] = dc.NEG  # no class at all at position 1
+    beta = dc.backward(ch, w, None)
+    _, ok = dc.sample(ch, w, beta, None)
+    assert not bool(ok.any())
+
+
+def _prompts() -> list[Prompt]:
+    return [
+        Prompt("Name: ")
+        + slot("name", regex=r"[A-Z][a-z]{1,6}", max_tokens=5)
+        + ", age "
+        + slot("age", regex=r"[1-9][0-9]?", max_tokens=2)
+        + ". Likes "
+        + slot("pet", choice=["cats", "dogs", "fish"], max_tokens=4)
+        + ". "
+        + slot("note", max_tokens=6),
+        (Prompt("Code: ") + slot("code", regex=r"[a-c]{2}-[0-9]{2}", max_tokens=5) + " / " + slot("free", max_tokens=4))
+        .with_sampling(block_length=4, strategy="margin")
+        .with_guidance(cfg_scale=1.0),
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["low_confidence", "margin", "entropy"])
+def test_greedy_device_path_equals_host_path(byte_tok, monkeypatch, strategy) -> None:
+    """At temperature 0 both paths are deterministic and run the same algorithm (max-product
+    assignment, per-class best token, constrained confidences): the same canvases and step counts."""
+    from dlmprompt import devicepath
+
+    runs = []
+    real_init = devicepath.DeviceRun.__init__
+
+    def counting_init(self, denoiser, rows):  # type: ignore[no-untyped-def]
+        runs.append(len(rows))
+        real_init(self, denoiser, rows)
+
+    monkeypatch.setattr(devicepath.DeviceRun, "__init__", counting_init)
+    den = RandomDenoiser(byte_tok, seed=3)
+    progs = [compile(p.with_sampling(temperature=0.0, strategy=strategy), byte_tok) for p in _prompts()]
+    out = {}
+    for mode in ("host", "device"):
+        monkeypatch.setenv("DLMPROMPT_SAMPLER", mode)
+        out[mode] = generate(den, progs, generator=torch.Generator().manual_seed(0))
+    assert runs == [2]  # the host run took no row to the device path, the device run both
+    for h, d in zip(out["host"], out["device"]):
+        assert np.array_equal(h.canvas, d.canvas)
+        assert (h.steps, h.forward_passes) == (d.steps, d.forward_passes)
+
+
+def test_step_events_rebuild_the_canvas_generate_reads_once(byte_tok, device_path) -> None:
+    """``sample()`` reads each step back (its event); ``generate()`` without ``on_step`` reads the
+    canvas once at the end. Same seeds, same result; the events commit masked slot positions only,
+    exactly the schedule's number per step, and replay into the final canvas."""
+    den = RandomDenoiser(byte_tok, seed=5)
+    progs = [compile(p.with_sampling(temperature=1.0), byte_tok) for p in _prompts()]
+    final = generate(den, progs, generator=torch.Generator().manual_seed(7))
+    canvases = [p.layout.canvas.copy() for p in progs]
+    per_row: dict[int, list[int]] = {0: [], 1: []}
+    for st in sample(den, progs, generator=torch.Generator().manual_seed(7)):
+        c = canvases[st.row]
+        assert np.all(c[st.committed] == progs[st.row].mask_id)
+        assert np.all(progs[st.row].layout.slot_of[st.committed] >= 0)
+        assert np.all((st.confidences >= 0) & (st.confidences <= 1))
+        c[st.committed] = st.tokens
+        assert np.array_equal(c, st.canvas)
+        per_row[st.row].append(len(st.committed))
+    for i, (p, r) in enumerate(zip(progs, final)):
+        assert np.array_equal(canvases[i], r.canvas)
+        assert sum(per_row[i]) == int((p.layout.canvas == p.mask_id).sum())
+        assert len(per_row[i]) == r.steps
+
+
+def test_rows_the_device_path_cannot_take_run_on_the_host(byte_tok, device_path, monkeypatch) -> None:
+    """Grammar slots and confidence thresholds stay on the host path; a bad setting is named."""
+    from dlmprompt import devicepath
+    from dlmprompt.sampler import _Row
+
+    den = RandomDenoiser(byte_tok, seed=1)
+    plain = compile(_prompts()[0], byte_tok)
+    thresh = compile(_prompts()[0].with_sampling(threshold=0.5), byte_tok)
+    gram = compile(Prompt("x=") + slot("g", grammar='start: "a"+ "b"', max_tokens=4), byte_tok)
+    rows = [_Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate([plain, thresh, gram])]
+    assert [devicepath.eligible(den, [r]) for r in rows] == [True, False, False]
+    monkeypatch.setenv("DLMPROMPT_SAMPLER", "gpu")
+    with pytest.raises(ValueError, match=r"DLMPROMPT_SAMPLER='gpu'.*auto, device or host"):
+        devicepath.eligible(den, rows[:1])
+    monkeypatch.setenv("DLMPROMPT_SAMPLER", "auto")
+    assert not devicepath.eligible(den, rows[:1])  # auto: CUDA only
