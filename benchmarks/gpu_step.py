@@ -244,10 +244,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- one {label} step, canvas {canvases[-1]}, batch 1")
             print(prof.key_averages().table(sort_by=key, row_limit=14))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device {name}, {time.perf_counter() - t0:.0f}s")
+    from dlmprompt import devicechain
+
+    kernel = "triton" if devicechain._KERNEL not in (None, False) else "torch"
+    print(f"device {name}, forward-backward on the device path: {kernel}, {time.perf_counter() - t0:.0f}s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "small": args.small, "shapes": rows_out, "generation": gen}, f, indent=2)
+            json.dump(
+                {"device": name, "small": args.small, "chain_kernel": kernel, "shapes": rows_out, "generation": gen},
+                f,
+                indent=2,
+            )
     return 0
 
 

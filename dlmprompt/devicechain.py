@@ -16,7 +16,10 @@ operation keeps its shape, so nothing is synchronised.
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,8 +102,8 @@ def weights(ch: Chains, w: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     s, n, c1 = w.shape
     q = ch.n_states - 1
     z = beta[ch.rows, 0, ch.start]
-    alpha = torch.full((s, q), NEG, dtype=torch.float64, device=w.device)
-    alpha[ch.rows, ch.start] = 0.0
+    # (built with where: an indexed assignment of a Python scalar waits for the device)
+    alpha = torch.where(torch.arange(q, device=w.device) == ch.start[:, None], 0.0, NEG).to(torch.float64)
     out = torch.empty((s, n, c1), dtype=torch.float64, device=w.device)
     for j in range(n):
         nb = beta[:, j + 1].reshape(-1)[ch.flat_live]  # [S, C1, Q]
@@ -156,3 +159,55 @@ def layout_weights(
         w[i, fixed, c[fixed]] = 0.0
         w[i, len(c) :, c1 - 1] = 0.0
     return w
+
+
+_KERNEL: Any = None  # the Triton module once imported; False where it is unavailable or failed
+
+
+def _kernel(ch: Chains, device: torch.device) -> Any:
+    global _KERNEL
+    if device.type != "cuda" or _KERNEL is False or os.environ.get("DLMPROMPT_TRITON", "1") == "0":
+        return None
+    if _KERNEL is None:
+        try:
+            from . import _tritonchain
+
+            _KERNEL = _tritonchain
+        except Exception:  # no triton (or none that imports): the torch version serves
+            _KERNEL = False
+            return None
+    return _KERNEL if _KERNEL.fits(ch.n_classes, ch.n_states) else None
+
+
+def run(
+    ch: Chains,
+    w_s: torch.Tensor,
+    w_c: torch.Tensor,
+    noise: torch.Tensor | None,
+    greedy: torch.Tensor | None,
+    separate: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole pass: classes [S, N] drawn from ``w_s`` (+ ``noise``; max-product for chains
+    where ``greedy`` is set), a bool [S] that is False where a chain had no valid completion, and
+    the class weights [S, N, C1] of ``w_c`` (the same as ``w_s`` unless ``separate``).
+
+    On CUDA with triton installed, one fused kernel (``_tritonchain``) does it; else, or if that
+    kernel fails to build, the loops above."""
+    global _KERNEL
+    k = _kernel(ch, w_s.device)
+    if k is not None:
+        try:
+            g = greedy if greedy is not None else torch.zeros(ch.n_chains, dtype=torch.bool, device=w_s.device)
+            return k.run(ch.nx, ch.end, ch.start, w_s, w_c, noise, g, separate)  # type: ignore[no-any-return]
+        except Exception as exc:  # a triton / driver mismatch: say so once, go on without it
+            _KERNEL = False
+            warnings.warn(
+                f"dlmprompt: the Triton forward-backward kernel failed ({exc!r}); using the torch version "
+                "(set DLMPROMPT_TRITON=0 to skip it)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    beta = backward(ch, w_s, greedy)
+    classes, ok = sample(ch, w_s, beta, noise)
+    logw = weights(ch, w_c, backward(ch, w_c, None) if separate else beta)
+    return classes, ok, logw

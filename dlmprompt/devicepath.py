@@ -517,10 +517,7 @@ class DeviceRun:
                     u[s0 : s0 + sn, :nb, :cb] = draw
                 noise = -torch.log(-torch.log(u.clamp_(min=1e-300)))
             greedy = plan.greedy_chain if plan.any_greedy else None
-            beta = dc.backward(ch, w_s, greedy)
-            classes, ok = dc.sample(ch, w_s, beta, noise)
-            beta_c = dc.backward(ch, w_c, None) if plan.separate else beta
-            logw = dc.weights(ch, w_c, beta_c)
+            classes, ok, logw = dc.run(ch, w_s, w_c, noise, greedy, plan.separate)
             self.bad = self.bad | ~ok.all()
             cls_all = torch.cat([classes.reshape(-1), torch.zeros(plan.n_trivial, dtype=torch.int64, device=dev)])
             lw_all = torch.cat([logw.reshape(-1, c1), self._trivial_w(triv, c1)])

@@ -122,9 +122,9 @@ class _Classes:
         hit = self._onehot.get(dtype)
         if hit is None:
             c = self.n_classes
-            hit = torch.zeros(len(self.index), c + 1, dtype=dtype, device=self.device)
-            hit[torch.arange(len(self.index), device=self.device), self.index] = 1
-            hit = self._onehot[dtype] = hit[:, :c].contiguous()
+            # (a comparison, not an indexed assignment of 1: that would wait for the device)
+            hit = self.index[:, None] == torch.arange(c, device=self.device)
+            hit = self._onehot[dtype] = hit.to(dtype)
             _ONEHOTS[:] = [e for e in _ONEHOTS if e[0]() is not None]
             _ONEHOTS.append((weakref.ref(self), dtype, hit.numel() * hit.element_size()))
             while sum(n for _, _, n in _ONEHOTS) > _ONEHOT_BUDGET and len(_ONEHOTS) > 1:

@@ -183,3 +183,23 @@ def test_rows_the_device_path_cannot_take_run_on_the_host(byte_tok, device_path,
         devicepath.eligible(den, rows[:1])
     monkeypatch.setenv("DLMPROMPT_SAMPLER", "auto")
     assert not devicepath.eligible(den, rows[:1])  # auto: CUDA only
+
+
+def test_fused_triton_kernel_matches_the_torch_version_in_the_interpreter() -> None:
+    """The CUDA path's fused forward-backward kernel (``_tritonchain``), run by triton's CPU
+    interpreter: the same classes, validity flags and class weights as the torch loops, over
+    sampling, greedy and mixed chains and chains with no valid completion. (tests/test_gpu.py
+    runs the same check compiled, on CUDA.)"""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("chain_kernel_check.py")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run(
+        [sys.executable, str(script), "cpu", "10"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "chain kernel: 30 cases agree" in out.stdout

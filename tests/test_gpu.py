@@ -152,3 +152,11 @@ def test_device_path_waits_for_nothing_between_steps() -> None:
         run.finish()
         for p, r in zip(progs, rows):
             check_result(p, r.result())
+
+
+def test_triton_chain_kernel_matches_torch_on_cuda() -> None:
+    """The fused forward-backward kernel compiled for this GPU against the torch loops."""
+    pytest.importorskip("triton")
+    from chain_kernel_check import check
+
+    assert check(torch.device("cuda"), 20) == 60
