@@ -118,15 +118,25 @@ def _row_block(program: Any, block: int) -> _RowBlock:
 
 
 @dataclass
-class _Group:
-    """Positions of one row whose class masses come from one automaton."""
+class _Segment:
+    """Consecutive positions of a pass whose class masses come from one automaton."""
 
-    row: int
     auto: TokenAutomaton
-    rows: torch.Tensor  # logits rows (flat) of the positions
-    urows: torch.Tensor | None  # unconditional logits rows (classifier-free guidance)
+    lo: int
+    hi: int
     dest: torch.Tensor  # chain cells (s * N + j), or trivial indices
     chain: bool
+
+
+@dataclass
+class _Group:
+    """Up to _CHUNK positions of one row, ordered by automaton: one gather and normalisation of
+    their logits, then one class-mass product per automaton segment."""
+
+    row: int
+    rows: torch.Tensor  # logits rows (flat) of the positions
+    urows: torch.Tensor | None  # unconditional logits rows (classifier-free guidance)
+    segments: list[_Segment]
     mass_index: slice  # where their log-normalisers go in the plan's lse table
 
 
@@ -160,6 +170,7 @@ class _Plan:
         autos = [a for rb in blocks for a in rb.chain_autos]
         self.n_chains = len(autos)
         self.n = 0
+        self.separate = self.any_greedy = self.all_greedy = False
         offsets = np.cumsum([0] + [len(rb.chain_autos) for rb in blocks])
         if autos:
             self.chains = dc.pack(autos, dev)
@@ -211,25 +222,32 @@ class _Plan:
             for t, (a, pp) in enumerate(zip(rb.trivial_autos, rb.trivial_pos)):
                 auto_of[id(a)] = a
                 by_auto.setdefault(id(a), []).append((int(pp), int(triv_off[b]) + t, (-1, t)))
-            for key, items in by_auto.items():
-                auto = auto_of[key]
-                for i in range(0, len(items), _CHUNK):
-                    part = items[i : i + _CHUNK]
-                    p = np.array([x[0] for x in part], dtype=np.int64)
-                    self.groups.append(
-                        _Group(
-                            b,
-                            auto,
-                            _t(b * width + p, dev),
-                            _t(urow_of[b] * width + p, dev) if b in urow_of else None,
-                            _t(np.array([x[1] for x in part], dtype=np.int64), dev),
-                            not auto.trivial,
-                            slice(lse_at, lse_at + len(part)),
-                        )
+            items = [(key, x) for key, xs in by_auto.items() for x in xs]  # grouped by automaton
+            for i in range(0, len(items), _CHUNK):
+                part = items[i : i + _CHUNK]
+                p = np.array([x[0] for _, x in part], dtype=np.int64)
+                segs = []
+                lo = 0
+                while lo < len(part):
+                    hi = lo
+                    while hi < len(part) and part[hi][0] == part[lo][0]:
+                        hi += 1
+                    auto = auto_of[part[lo][0]]
+                    dest = np.array([x[1] for _, x in part[lo:hi]], dtype=np.int64)
+                    segs.append(_Segment(auto, lo, hi, _t(dest, dev), not auto.trivial))
+                    lo = hi
+                self.groups.append(
+                    _Group(
+                        b,
+                        _t(b * width + p, dev),
+                        _t(urow_of[b] * width + p, dev) if b in urow_of else None,
+                        segs,
+                        slice(lse_at, lse_at + len(part)),
                     )
-                    for x in part:
-                        lse_of[x[2]] = lse_at
-                        lse_at += 1
+                )
+                for _, x in part:
+                    lse_of[x[2]] = lse_at
+                    lse_at += 1
             if rb.chain_autos and r.sched.temperature > 0:
                 cmax = max(a.n_classes for a in rb.chain_autos)
                 nmax = max(len(p) for p in rb.chain_pos)
@@ -294,10 +312,10 @@ def _gather(flat: torch.Tensor, rows: torch.Tensor, urows: torch.Tensor | None, 
     return lg
 
 
-def _log_mass(lg: torch.Tensor, lse: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """log class masses [n, C] float64, floored (see the module docstring)."""
-    p = torch.exp(lg - lse[:, None] + _SHIFT)
-    return (torch.log((p @ onehot).double()) - _SHIFT).clamp_(min=FLOOR)
+def _log_mass(p: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """log class masses [n, C] float64, floored, from probabilities times e^80 (see the module
+    docstring)."""
+    return (p @ onehot).double().log_().sub_(_SHIFT).clamp_(min=FLOOR)
 
 
 def _class_max(lg: torch.Tensor, lse: torch.Tensor, index: torch.Tensor, c: int) -> torch.Tensor:
@@ -476,26 +494,33 @@ class DeviceRun:
         for g in plan.groups:
             r = rows[g.row]
             temp = r.sched.temperature
-            cls = self._classes(g.auto, dev)
             lg = _gather(flat, g.rows, g.urows, r.sched.cfg_scale, v)
             lse = torch.logsumexp(lg, dim=1)
             lse_all[g.mass_index] = lse
-            lm = _log_mass(lg, lse, cls.onehot(torch.float32))
-            if not g.chain:
-                triv[g.dest] = lm[:, 0]
-                continue
-            c = g.auto.n_classes
-            cols = torch.arange(c, device=dev)
-            wm_c[g.dest[:, None], cols[None, :]] = lm
-            if plan.separate and temp != 1.0:
+            p = torch.exp(lg - lse[:, None] + _SHIFT)
+            tempered = plan.separate and temp not in (0.0, 1.0)
+            if tempered:
+                lgs = (lg / temp).clamp_(-3e38, 3e38)
+                lse_s = torch.logsumexp(lgs, dim=1)
+                ps = torch.exp(lgs - lse_s[:, None] + _SHIFT)
+            for seg in g.segments:
+                cls = self._classes(seg.auto, dev)
+                lm = _log_mass(p[seg.lo : seg.hi], cls.onehot(torch.float32))
+                if not seg.chain:
+                    triv[seg.dest] = lm[:, 0]
+                    continue
+                c = seg.auto.n_classes
+                cols = torch.arange(c, device=dev)
+                wm_c[seg.dest[:, None], cols[None, :]] = lm
+                if not plan.separate:
+                    continue
                 if temp == 0:
-                    lm_s = _class_max(lg, lse, cls.index, c)
+                    lm_s = _class_max(lg[seg.lo : seg.hi], lse[seg.lo : seg.hi], cls.index, c)
+                elif tempered:
+                    lm_s = _log_mass(ps[seg.lo : seg.hi], cls.onehot(torch.float32))
                 else:
-                    lgs = (lg / temp).clamp_(-3e38, 3e38)
-                    lm_s = _log_mass(lgs, torch.logsumexp(lgs, dim=1), cls.onehot(torch.float32))
-                wm_s[g.dest[:, None], cols[None, :]] = lm_s
-            elif plan.separate:
-                wm_s[g.dest[:, None], cols[None, :]] = lm
+                    lm_s = lm
+                wm_s[seg.dest[:, None], cols[None, :]] = lm_s
         # the forward-backward pass of every constrained slot of every row at once
         if plan.n_chains:
             ch = plan.chains
