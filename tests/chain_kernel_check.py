@@ -18,7 +18,9 @@ def _numpy24_interpreter() -> None:
     2.4 refuses for a one-element 1-d array; read its first element instead."""
     import triton.runtime.interpreter as ti
 
-    orig = ti._patch_lang_tensor
+    orig = getattr(ti, "_patch_lang_tensor", None)
+    if orig is None:  # another triton: nothing to patch
+        return
 
     def patched(tensor, scope):  # type: ignore[no-untyped-def]
         orig(tensor, scope)
