@@ -8,7 +8,8 @@ slot (``devicechain.py``), token draws, confidences, the choice of positions and
 update. The host only counts: how many positions each row commits per step follows from its
 schedule. Nothing is read back per step unless the caller asked for the step's event
 (``sample()`` yields one per step; ``generate()`` without ``on_step`` reads the canvases once, at
-the end), so the host queues step after step while the device works.
+the end; the batching engine reads one step of all its rows per iteration), so the host queues
+step after step while the device works.
 
 Same algorithm and the same guarantees as the host path (every committed token belongs to one
 complete valid assignment of its slot); different random streams (each row seeds a device
@@ -50,6 +51,8 @@ def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
     if mode == "host" or hasattr(denoiser, "block_sample"):
         return False
     for r in rows:
+        if r.device_state is not None:  # a row that started on the device path stays there
+            continue
         if r.cursors or r.sched.threshold is not None or r.steps or r.block:
             return False
     if mode == "device":
@@ -325,8 +328,45 @@ def _class_max(lg: torch.Tensor, lse: torch.Tensor, index: torch.Tensor, c: int)
     return (cmax[:, :c].double() - lse.double()[:, None]).clamp_(min=FLOOR)
 
 
+@dataclass(eq=False)
+class _RowState:
+    """A row's device-side state: its canvas on the device, its device generator, and the
+    host's count of its masked positions per block."""
+
+    canvas: torch.Tensor  # int64 [L]
+    prompt: torch.Tensor  # bool [L]: anchors the unconditional pass of guidance masks
+    gen: torch.Generator
+    block_masked: list[int]  # masked positions of each block at its start
+    left: int  # masked positions left in the current block
+
+    @classmethod
+    def of(cls, r: Any, device: torch.device) -> _RowState:
+        st = r.device_state
+        if st is None:
+            g = torch.Generator(device=device)
+            g.manual_seed(int(torch.randint(0, 2**62, (1,), generator=r.gen)))  # seeded once, from the row's own
+            mask_id = r.program.mask_id
+            blocks = [int(((r.slot_of[a:z] >= 0) & (r.canvas[a:z] == mask_id)).sum()) for a, z in r.sched.blocks]
+            st = r.device_state = cls(
+                _t(r.canvas.copy(), device),
+                _t(r.program.layout.prompt.copy(), device),
+                g,
+                blocks,
+                blocks[r.block] if not r.done else 0,
+            )
+        return st
+
+
+def _internal_error() -> DLMPromptError:
+    return DLMPromptError(
+        "internal error: a slot could not be completed from its committed tokens on the device "
+        "path; please report this with the prompt (DLMPROMPT_SAMPLER=host avoids it)"
+    )
+
+
 class DeviceRun:
-    """State of a batch of rows on the device path."""
+    """Rows on the device path: :meth:`run` to the end (``sample`` / ``generate``), or
+    :meth:`step` once for whatever rows are in flight (the batching engine)."""
 
     def __init__(self, denoiser: Any, rows: Sequence[Any]) -> None:
         from .sampler import _check_logits, _classes
@@ -340,33 +380,9 @@ class DeviceRun:
         first = rows[0].program
         self.mask_id = int(first.mask_id)
         self.pad = int(first.pad_id) if first.pad_id is not None else 0
-        self.width = max(len(r.canvas) for r in rows)
-        canvas = np.full((len(rows), self.width), self.pad, dtype=np.int64)
-        att = np.zeros((len(rows), self.width), dtype=bool)
-        for i, r in enumerate(rows):
-            canvas[i, : len(r.canvas)] = r.canvas
-            att[i, : len(r.canvas)] = True
-        self.att_all = att
-        self.canvas = torch.from_numpy(canvas).to(self.device)
-        self.prompt = torch.from_numpy(
-            np.stack([np.pad(r.program.layout.prompt, (0, self.width - len(r.canvas))) for r in rows])
-        ).to(self.device)
-        self.active = list(range(len(rows)))  # rows of self.canvas still running, by row number
-        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        # each row's device generator, seeded once from its own generator
-        self.gens = []
-        for r in rows:
-            g = torch.Generator(device=self.device)
-            g.manual_seed(int(torch.randint(0, 2**62, (1,), generator=r.gen)))
-            self.gens.append(g)
-        # masked positions in each block at its start, and left in the current one: the host's
-        # count of the device state (each step commits exactly its schedule's number)
-        self.block_masked = [
-            [int(((r.slot_of[a:z] >= 0) & (r.canvas[a:z] == self.mask_id)).sum()) for a, z in r.sched.blocks]
-            for r in rows
-        ]
-        self.left = [m[0] if m else 0 for m in self.block_masked]
-        self.full = self.canvas  # every row's canvas; rows that finish are written back here
+        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a chain without completion
+        for r in self.rows:
+            _RowState.of(r, self.device)
 
     # ------------------------------------------------------------------ loop
     def run(self, events: bool) -> Iterator[Any]:
@@ -378,30 +394,38 @@ class DeviceRun:
 
     def steps(self, events: bool) -> Iterator[Any]:
         """The steps; without ``events`` they queue on the device and nothing waits for them."""
+        while True:
+            live = [r for r in self.rows if not r.done]
+            if not live:
+                return
+            yield from self.step(live, events) or ()
+
+    def step(self, rows: Sequence[Any], events: bool = True) -> list[Any] | None:
+        """One shared forward pass and one denoising step of ``rows``; their :class:`Step` events
+        (one read-back for all of them) when ``events``, else None (nothing waits)."""
         from .sampler import Step
 
-        while True:
-            live = [i for i in self.active if not self.rows[i].done]
-            if len(live) != len(self.active):
-                self._write_back()
-                if not live:
-                    break
-                keep = _t(np.array([self.active.index(i) for i in live], dtype=np.int64), self.device)
-                self.canvas = self.canvas[keep]
-                self.prompt = self.prompt[keep]
-                self.active = live
-            rows = [self.rows[i] for i in live]
-            ks = self._counts(rows)
-            picked = self._step(rows, ks)
-            for r in rows:
-                r.passes += 2 if r.sched.cfg_scale > 0 else 1
-            if events:
-                host = self._fetch(picked)
-                for b, (i, r) in enumerate(zip(live, rows)):
-                    k = ks[b]
-                    pos, tok, conf = host[0][b, :k].astype(np.int64), host[1][b, :k].astype(np.int64), host[2][b, :k]
-                    r.canvas[pos] = tok
-                    yield Step(
+        states = [_RowState.of(r, self.device) for r in rows]
+        ks = []
+        for r, st in zip(rows, states):
+            counts = r.sched.counts[r.block]
+            k = counts[r.step_in_block] if r.step_in_block < len(counts) else st.left
+            ks.append(min(k, st.left))
+        picked = self._step(rows, states, ks)
+        for r in rows:
+            r.passes += 2 if r.sched.cfg_scale > 0 else 1
+        out = None
+        if events:
+            host = torch.cat([picked.reshape(-1).double(), self.bad.double().reshape(1)]).cpu().numpy()
+            if host[-1]:
+                raise _internal_error()
+            host = host[:-1].reshape(picked.shape)
+            out = []
+            for b, (r, k) in enumerate(zip(rows, ks)):
+                pos, tok, conf = host[0][b, :k].astype(np.int64), host[1][b, :k].astype(np.int64), host[2][b, :k]
+                r.canvas[pos] = tok
+                out.append(
+                    Step(
                         row=r.row,
                         index=r.steps,
                         canvas=r.canvas.copy(),
@@ -410,81 +434,71 @@ class DeviceRun:
                         confidences=conf,
                         forward_passes=r.passes,
                     )
-                    self._advance(i, r, k)
-            else:
-                for i, r, k in zip(live, rows, ks):
-                    self._advance(i, r, k)
-        self._write_back()
-
-    def _write_back(self) -> None:
-        self.full = self.full.index_copy(0, _t(np.array(self.active, dtype=np.int64), self.device), self.canvas)
-
-    def _counts(self, rows: Sequence[Any]) -> list[int]:
-        out = []
-        for r, i in zip(rows, self.active):
-            counts = r.sched.counts[r.block]
-            left = self.left[i]
-            k = counts[r.step_in_block] if r.step_in_block < len(counts) else left
-            out.append(min(k, left))
+                )
+        for r, st, k in zip(rows, states, ks):
+            st.left -= k
+            r.steps += 1
+            r.step_in_block += 1
+            if st.left == 0:
+                r.block += 1
+                r.step_in_block = 0
+                if not r.done:
+                    st.left = st.block_masked[r.block]
         return out
-
-    def _advance(self, i: int, r: Any, k: int) -> None:
-        self.left[i] -= k
-        r.steps += 1
-        r.step_in_block += 1
-        if self.left[i] == 0:
-            r.block += 1
-            r.step_in_block = 0
-            if not r.done:
-                self.left[i] = self.block_masked[i][r.block]
-
-    def _fetch(self, picked: torch.Tensor) -> list[np.ndarray]:
-        host = torch.cat([picked.reshape(-1).double(), self.bad.double().reshape(1)]).cpu().numpy()
-        if host[-1]:
-            raise DLMPromptError(
-                "internal error: a slot could not be completed from its committed tokens on the device "
-                "path; please report this with the prompt (DLMPROMPT_SAMPLER=host avoids it)"
-            )
-        return list(host[:-1].reshape(picked.shape))
 
     def finish(self) -> None:
         """Read every row's canvas back (the one wait of a run without events)."""
-        canvas = torch.cat([self.full.reshape(-1), self.bad.long().reshape(1)]).cpu().numpy()
-        if canvas[-1]:
-            raise DLMPromptError(
-                "internal error: a slot could not be completed from its committed tokens on the device "
-                "path; please report this with the prompt (DLMPROMPT_SAMPLER=host avoids it)"
-            )
-        full = canvas[:-1].reshape(len(self.rows), self.width)
-        for r, c in zip(self.rows, full):
-            r.canvas[:] = c[: len(r.canvas)]
+        parts = [_RowState.of(r, self.device).canvas for r in self.rows]
+        host = torch.cat([*parts, self.bad.long().reshape(1)]).cpu().numpy()
+        if host[-1]:
+            raise _internal_error()
+        k = 0
+        for r in self.rows:
+            r.canvas[:] = host[k : k + len(r.canvas)]
+            k += len(r.canvas)
 
     # ------------------------------------------------------------------ step
-    def _step(self, rows: Sequence[Any], ks: list[int]) -> torch.Tensor:
+    def _step(self, rows: Sequence[Any], states: Sequence[_RowState], ks: list[int]) -> torch.Tensor:
         dev = self.device
-        plan = _plan(rows, self.width, dev)
-        canvas = self.canvas
+        lengths = [len(r.canvas) for r in rows]
+        width = max(lengths)
+        plan = _plan(rows, width, dev)
+        pad = [torch.nn.functional.pad(st.canvas, (0, width - n), value=self.pad) for st, n in zip(states, lengths)]
+        canvas = torch.stack(pad)
         ids = canvas
-        att = self.att_all[self.active]
+        att = np.arange(width)[None, :] < np.array(lengths)[:, None]
         if plan.cfg_rows:
-            cr = torch.tensor(plan.cfg_rows).to(dev, non_blocking=True)
-            un = torch.where(self.prompt[cr], self.mask_id, canvas[cr])
-            ids = torch.cat([canvas, un])
+            prompt = torch.stack(
+                [torch.nn.functional.pad(states[b].prompt, (0, width - lengths[b])) for b in plan.cfg_rows]
+            )
+            cr = _t(np.array(plan.cfg_rows, dtype=np.int64), dev)
+            ids = torch.cat([canvas, torch.where(prompt, self.mask_id, canvas[cr])])
             att = np.concatenate([att, att[plan.cfg_rows]])
         att_t = torch.from_numpy(att)
         if not getattr(self.denoiser, "host_attention_mask", False):
             att_t = att_t.to(dev, non_blocking=True)
         with torch.no_grad():
             logits = self.denoiser(ids, att_t)
-        self._check_logits(self.denoiser, logits, ids.shape[0], self.width, plan.v)
+        self._check_logits(self.denoiser, logits, ids.shape[0], width, plan.v)
         with torch.no_grad():
-            return self._sample(plan, rows, ks, logits[:, : self.width].reshape(-1, logits.shape[2]))
+            new, picked = self._sample(plan, rows, states, ks, canvas, logits[:, :width].reshape(-1, logits.shape[2]))
+        for b, (st, n) in enumerate(zip(states, lengths)):
+            st.canvas = new[b, :n]
+        return picked
 
-    def _sample(self, plan: _Plan, rows: Sequence[Any], ks: list[int], flat: torch.Tensor) -> torch.Tensor:
+    def _sample(
+        self,
+        plan: _Plan,
+        rows: Sequence[Any],
+        states: Sequence[_RowState],
+        ks: list[int],
+        canvas: torch.Tensor,
+        flat: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
         v = plan.v
         b_n = len(rows)
-        canvas_flat = self.canvas.reshape(-1)
+        canvas_flat = canvas.reshape(-1)
         lse_all = torch.empty(plan.n_mass, dtype=torch.float32, device=dev)
         c1 = plan.c1
         if plan.n_chains:
@@ -536,9 +550,7 @@ class DeviceRun:
             if not plan.all_greedy:
                 u = torch.full((s_n, n, c1), float(np.exp(-1.0)), dtype=torch.float64, device=dev)
                 for b, s0, sn, nb, cb in plan.noise_shapes:
-                    draw = torch.rand(
-                        (sn, nb, cb), generator=self.gens[self.active[b]], dtype=torch.float64, device=dev
-                    )
+                    draw = torch.rand((sn, nb, cb), generator=states[b].gen, dtype=torch.float64, device=dev)
                     u[s0 : s0 + sn, :nb, :cb] = draw
                 noise = -torch.log(-torch.log(u.clamp_(min=1e-300)))
             greedy = plan.greedy_chain if plan.any_greedy else None
@@ -550,14 +562,14 @@ class DeviceRun:
             cls_all = torch.zeros(plan.n_trivial, dtype=torch.int64, device=dev)
             lw_all = self._trivial_w(triv, c1)
         # tokens, confidences and scores of every in-block slot position
-        width = self.width
+        width = canvas.shape[1]
         dense = torch.full((b_n * width,), -torch.inf, dtype=torch.float64, device=dev)
         tok_d = torch.zeros(b_n * width, dtype=torch.int64, device=dev)
         conf_d = torch.zeros(b_n * width, dtype=torch.float64, device=dev)
         for cd in plan.cands:
             r = rows[cd.row]
             temp = r.sched.temperature
-            gen = self.gens[self.active[cd.row]]
+            gen = states[cd.row].gen
             lg = _gather(flat, cd.rows, cd.urows, r.sched.cfg_scale, v)
             lse = lse_all[cd.lse_idx]
             cls = cls_all[cd.cls_idx]
@@ -590,10 +602,10 @@ class DeviceRun:
         order = torch.sort(dense, dim=1, descending=True, stable=True).indices[:, :kmax]
         k_t = torch.tensor(ks, dtype=torch.int64).to(dev, non_blocking=True)
         take = torch.arange(kmax, device=dev)[None, :] < k_t[:, None]
-        cur = self.canvas.gather(1, order)
+        cur = canvas.gather(1, order)
         new = torch.where(take, tok_d.view(b_n, width).gather(1, order), cur)
-        self.canvas = self.canvas.scatter(1, order, new)
-        return torch.stack([order.double(), new.double(), conf_d.view(b_n, width).gather(1, order)])
+        picked = torch.stack([order.double(), new.double(), conf_d.view(b_n, width).gather(1, order)])
+        return canvas.scatter(1, order, new), picked
 
     @staticmethod
     def _trivial_w(triv: torch.Tensor, c1: int) -> torch.Tensor:

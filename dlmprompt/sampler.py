@@ -181,6 +181,7 @@ class _Row:
         self.strategy = make_remasking(self.sched.strategy)
         self.slot_of = program.layout.slot_of
         self.cursors: dict[int, Any] = {}
+        self.device_state: Any = None  # devicepath._RowState once the row runs on the device path
         for s in program.layout.slots:
             if s.grammar is not None:
                 from .grammar import GrammarCursor
@@ -712,7 +713,22 @@ def _check_logits(denoiser: Any, logits: Any, rows: int, width: int, v: int) -> 
 def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
     """One shared forward pass over rows that may hold different programs (and CFG twins), then
     one denoising step per row. The batching engine of the server calls this with whatever rows
-    are in flight."""
+    are in flight. Rows on the device path share one pass and one read-back of their steps;
+    the other rows share another (see ``devicepath``)."""
+    from . import devicepath
+
+    on_device = [r for r in active if devicepath.eligible(denoiser, [r])]
+    if not on_device:
+        return _host_forward_step(denoiser, active)
+    steps = devicepath.DeviceRun(denoiser, on_device).step(on_device) or []
+    rest = [r for r in active if r.device_state is None]
+    by_row = {
+        id(r): st for r, st in zip([*on_device, *rest], [*steps, *(_host_forward_step(denoiser, rest) if rest else [])])
+    }
+    return [by_row[id(r)] for r in active]
+
+
+def _host_forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
     seqs: list[np.ndarray] = []
     owners: list[tuple[_Row, bool]] = []
     for r in active:

@@ -203,3 +203,27 @@ def test_fused_triton_kernel_matches_the_torch_version_in_the_interpreter() -> N
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "chain kernel: 30 cases agree" in out.stdout
+
+
+def test_batching_engine_steps_device_rows_like_generate(byte_tok, device_path) -> None:
+    """The server's engine admits rows between steps: device-path rows (their canvases stay on the
+    device between engine iterations) and a grammar row (host path) in flight together. Each job
+    gets what ``generate`` gives it alone, and its streamed steps replay into its result."""
+    from dlmprompt.engine import Engine
+
+    den = RandomDenoiser(byte_tok, seed=2)
+    progs = [compile(p.with_sampling(temperature=1.0), byte_tok) for p in _prompts()]
+    progs.append(compile(Prompt("x=") + slot("g", grammar='start: "a"+ "b"', max_tokens=4), byte_tok))
+    engine = Engine(den, max_batch=8)
+    seen: dict[int, list] = {i: [] for i in range(len(progs))}
+    try:
+        jobs = [engine.submit(p, seed=30 + i, on_step=seen[i].append) for i, p in enumerate(progs)]
+        results = [j.future.result(timeout=120) for j in jobs]
+    finally:
+        engine.close()
+    assert [j.row.device_state is not None for j in jobs] == [True, True, False]
+    for i, (p, res) in enumerate(zip(progs, results)):
+        alone = generate(den, p, generator=torch.Generator().manual_seed(30 + i))
+        assert np.array_equal(res.canvas, alone.canvas)
+        assert len(seen[i]) == res.steps
+        assert np.array_equal(seen[i][-1].canvas, res.canvas)
