@@ -19,6 +19,11 @@ class Denoiser(Protocol):
     (families with shifted logits realign them before returning). ``mask_id`` is the id placed
     at positions still to fill; ``tokenizer`` is the :class:`~dlmprompt.tokenizer.Tokenizer` whose
     ids the model reads (used to compile prompts handed over as specs).
+
+    On CUDA the sampler's device path hands ``input_ids`` over on the model's device and the
+    attention mask on that device too, unless the denoiser sets ``host_attention_mask = True``:
+    then the mask comes on the host, so that checking it for padding waits for nothing (the
+    transformers wrapper does this).
     """
 
     mask_id: int

@@ -131,12 +131,19 @@ def pack(autos: list[TokenAutomaton], device: torch.device) -> Chains:
     """The static tables of chains whose automata are ``autos`` (one per chain, in order)."""
     c1 = max(a.n_classes for a in autos) + 1
     q1 = max(a.n_states for a in autos) + 1
-    tabs: dict[int, np.ndarray] = {}
-    nx = np.stack([tabs.setdefault(id(a), table(a, c1, q1)) for a in autos])
-    acc = np.zeros((len(autos), q1), dtype=bool)
-    for i, a in enumerate(autos):
-        acc[i, : a.n_states] = a.accept
-    start = np.array([a.start for a in autos], dtype=np.int64)
+    first: dict[int, int] = {}
+    uniq: list[TokenAutomaton] = []
+    for a in autos:  # one padded table per distinct automaton
+        if id(a) not in first:
+            first[id(a)] = len(uniq)
+            uniq.append(a)
+    which = np.array([first[id(a)] for a in autos], dtype=np.int64)
+    nx = np.stack([table(a, c1, q1) for a in uniq])[which]
+    acc_u = np.zeros((len(uniq), q1), dtype=bool)
+    for i, a in enumerate(uniq):
+        acc_u[i, : a.n_states] = a.accept
+    acc = acc_u[which]
+    start = np.array([a.start for a in uniq], dtype=np.int64)[which]
     return Chains(
         torch.from_numpy(nx).to(device, non_blocking=True),
         torch.from_numpy(acc).to(device, non_blocking=True),

@@ -14,9 +14,11 @@ step after step while the device works.
 Same algorithm and the same guarantees as the host path (every committed token belongs to one
 complete valid assignment of its slot); different random streams (each row seeds a device
 generator from its own generator once, so a batch still gives what its rows give alone), and
-class masses are summed in float32 with a fixed shift of e^80: a class whose whole mass lies
-below e^-183 of its position's counts as the floor weight of a zero-probability class (still
-possible, never preferred) instead of its exact tiny weight.
+class masses are float32 sums taken relative to each position's best allowed token (of the
+tempered distribution when sampling at a temperature): a class whose tokens all lie more than
+about e^-160 below that token counts as a zero-probability class (the floor weight: still
+possible, chosen only when nothing likelier is) instead of keeping its exact tiny weight, which
+the host path keeps.
 
 Used on CUDA devices for rows without grammar slots and with fixed step counts (no confidence
 threshold); everything else runs the host path. ``DLMPROMPT_SAMPLER=device`` forces it on
@@ -25,6 +27,7 @@ any device (the CPU tests run it so), ``host`` turns it off.
 
 from __future__ import annotations
 
+import itertools
 import os
 import weakref
 from collections.abc import Iterator, Sequence
@@ -38,9 +41,13 @@ from . import devicechain as dc
 from .automaton import TokenAutomaton
 from .chain import FLOOR
 from .errors import DLMPromptError
+from .sampler import _check_logits, _classes, _clean, _Row
 
 _CHUNK = 1024  # positions of [chunk, V] temporaries at a time
-_SHIFT = 80.0  # class masses are summed as p * e^80 in float32: no overflow, underflow at e^-183
+# class masses are float32 sums of exp(logit - best allowed logit + 60): no overflow (V e^60 is
+# far below float32's limit), and classes down to about e^-160 of the best allowed token keep
+# their exact weight
+_SHIFT = 60.0
 
 
 def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
@@ -66,14 +73,23 @@ def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
 
 @dataclass
 class _RowBlock:
-    """What one program needs in one block, on the host (merged into a batch plan on demand)."""
+    """What one program needs in one block, as arrays (merged into batch plans on demand).
 
-    chain_autos: list[TokenAutomaton]
-    chain_pos: list[np.ndarray]  # canvas positions of each constrained slot meeting the block
-    trivial_pos: np.ndarray  # in-block positions of unconstrained slots
-    trivial_autos: list[TokenAutomaton]  # per trivial position
-    cand: list[tuple[int, int]]  # per in-block slot position: (chain, j) or (-1, trivial index)
-    cand_pos: np.ndarray
+    Mass positions (every position of a constrained slot meeting the block, and the in-block
+    positions of unconstrained slots) come grouped by automaton; candidates are the in-block slot
+    positions in canvas order."""
+
+    autos: list[TokenAutomaton]  # distinct automata here
+    chain_auto: np.ndarray  # [S] index into autos, per constrained slot
+    chain_pos: np.ndarray  # [S, N] canvas positions (padded with 0)
+    chain_len: np.ndarray  # [S]
+    m_pos: np.ndarray  # [P] canvas position
+    m_auto: np.ndarray  # [P] index into autos
+    m_chain: np.ndarray  # [P] chain, or -1 for an unconstrained slot's position
+    m_j: np.ndarray  # [P] position within the chain, or the trivial index
+    c_pos: np.ndarray  # [K] canvas position
+    c_mass: np.ndarray  # [K] index into the mass arrays
+    n_trivial: int
 
 
 _ROW_BLOCKS: weakref.WeakKeyDictionary[Any, dict[int, _RowBlock]] = weakref.WeakKeyDictionary()
@@ -85,37 +101,46 @@ def _row_block(program: Any, block: int) -> _RowBlock:
     if hit is not None:
         return hit
     a, z = program.schedule.blocks[block]
-    chain_autos: list[TokenAutomaton] = []
-    chain_pos: list[np.ndarray] = []
-    triv_pos: list[int] = []
-    triv_autos: list[TokenAutomaton] = []
-    cand: list[tuple[int, int]] = []
-    cand_pos: list[int] = []
+    autos: dict[int, TokenAutomaton] = {}
+    chains: list[tuple[int, np.ndarray]] = []  # (auto index, positions)
+    mass: list[tuple[int, int, int, int]] = []  # (auto, canvas pos, chain or -1, j or trivial index)
+    cands: list[tuple[int, int, int]] = []  # (canvas pos, chain or -1, j or trivial index)
+    n_triv = 0
     for slot in program.layout.slots:
         if slot.stop <= a or slot.start >= z or slot.grammar is not None:
             continue
-        auto = slot.automaton
+        ai = list(autos).index(id(slot.automaton)) if id(slot.automaton) in autos else len(autos)
+        autos.setdefault(id(slot.automaton), slot.automaton)
         lo, hi = max(slot.start, a), min(slot.stop, z)
-        if auto.trivial:
+        if slot.automaton.trivial:
             for p in range(lo, hi):
-                cand.append((-1, len(triv_pos)))
-                cand_pos.append(p)
-                triv_pos.append(p)
-                triv_autos.append(auto)
+                mass.append((ai, p, -1, n_triv))
+                cands.append((p, -1, n_triv))
+                n_triv += 1
             continue
-        s = len(chain_autos)
-        chain_autos.append(auto)
-        chain_pos.append(np.arange(slot.start, slot.stop))
-        for p in range(lo, hi):
-            cand.append((s, p - slot.start))
-            cand_pos.append(p)
+        s = len(chains)
+        chains.append((ai, np.arange(slot.start, slot.stop)))
+        mass.extend((ai, p, s, p - slot.start) for p in range(slot.start, slot.stop))
+        cands.extend((p, s, p - slot.start) for p in range(lo, hi))
+    order = sorted(range(len(mass)), key=lambda i: mass[i][0])  # stable: grouped by automaton
+    m = np.array([mass[i] for i in order], dtype=np.int64).reshape(-1, 4)
+    where = {(int(x[2]), int(x[3])): k for k, x in enumerate(m)}
+    n = max((len(p) for _, p in chains), default=0)
+    pos = np.zeros((len(chains), n), dtype=np.int64)
+    for i, (_, p) in enumerate(chains):
+        pos[i, : len(p)] = p
     hit = per[block] = _RowBlock(
-        chain_autos,
-        chain_pos,
-        np.asarray(triv_pos, dtype=np.int64),
-        triv_autos,
-        cand,
-        np.asarray(cand_pos, dtype=np.int64),
+        list(autos.values()),
+        np.array([ai for ai, _ in chains], dtype=np.int64),
+        pos,
+        np.array([len(p) for _, p in chains], dtype=np.int64),
+        m[:, 1],
+        m[:, 0],
+        m[:, 2],
+        m[:, 3],
+        np.array([c[0] for c in cands], dtype=np.int64),
+        np.array([where[(c[1], c[2])] for c in cands], dtype=np.int64),
+        n_triv,
     )
     return hit
 
@@ -161,123 +186,106 @@ class _Plan:
     """A batch's merged static tensors for one combination of (program, block) per row."""
 
     def __init__(self, rows: Sequence[Any], width: int, device: torch.device) -> None:
-        self.device = device
-        dev = device
+        dev = self.device = device
         b_n = len(rows)
         blocks = [_row_block(r.program, r.block) for r in rows]
-        v = rows[0].program.tokenizer.vocab_size
-        self.v = v
+        v = self.v = rows[0].program.tokenizer.vocab_size
         self.cfg_rows = [i for i, r in enumerate(rows) if r.sched.cfg_scale > 0]
         urow_of = {b: b_n + k for k, b in enumerate(self.cfg_rows)}
+        # every distinct automaton once: its row in the token-class table
+        table: dict[int, int] = {}
+        autos: list[TokenAutomaton] = []
+        local_to_global = []
+        for rb in blocks:
+            ids = []
+            for a in rb.autos:
+                if id(a) not in table:
+                    table[id(a)] = len(autos)
+                    autos.append(a)
+                ids.append(table[id(a)])
+            local_to_global.append(np.array(ids, dtype=np.int64))
+        self.autos = autos
+        tc = np.stack([a.token_class[:v] for a in autos]).astype(np.int32) if autos else np.zeros((1, v), np.int32)
+        self.tc = _t(tc, dev)
         # chains
-        autos = [a for rb in blocks for a in rb.chain_autos]
-        self.n_chains = len(autos)
-        self.n = 0
+        s_counts = [len(rb.chain_len) for rb in blocks]
+        offsets = np.cumsum([0, *s_counts])
+        self.n_chains = int(offsets[-1])
+        self.n = n = max((rb.chain_pos.shape[1] for rb in blocks if len(rb.chain_len)), default=0)
         self.separate = self.any_greedy = self.all_greedy = False
-        offsets = np.cumsum([0] + [len(rb.chain_autos) for rb in blocks])
-        if autos:
-            self.chains = dc.pack(autos, dev)
-            n = max(len(p) for rb in blocks for p in rb.chain_pos)
-            pos = np.zeros((len(autos), n), dtype=np.int64)
-            valid = np.zeros((len(autos), n), dtype=bool)
-            k = 0
+        if self.n_chains:
+            chain_g = np.concatenate([g[rb.chain_auto] for g, rb in zip(local_to_global, blocks) if len(rb.chain_len)])
+            self.chains = dc.pack([autos[i] for i in chain_g], dev)
+            pos = np.zeros((self.n_chains, n), dtype=np.int64)
+            valid = np.zeros((self.n_chains, n), dtype=bool)
             for b, rb in enumerate(blocks):
-                for p in rb.chain_pos:
-                    pos[k, : len(p)] = b * width + p
-                    valid[k, : len(p)] = True
-                    k += 1
-            self.n = n
-            self.chain_canvas = torch.from_numpy(pos).to(dev, non_blocking=True)
-            self.chain_valid = torch.from_numpy(valid).to(dev, non_blocking=True)
-            temps = np.repeat([r.sched.temperature for r in rows], [len(rb.chain_autos) for rb in blocks])
-            self.greedy_chain = torch.from_numpy(temps == 0).to(dev, non_blocking=True)
+                s0, s1 = offsets[b], offsets[b + 1]
+                pos[s0:s1, : rb.chain_pos.shape[1]] = b * width + rb.chain_pos
+                valid[s0:s1] = np.arange(n)[None, :] < rb.chain_len[:, None]
+            self.chain_canvas = _t(pos, dev)
+            self.chain_valid = _t(valid, dev)
+            self.chain_tc = _t(chain_g * v, dev)
+            temps = np.repeat([r.sched.temperature for r in rows], s_counts)
+            self.greedy_chain = _t(temps == 0, dev)
             self.any_greedy = bool((temps == 0).any())
             self.all_greedy = bool((temps == 0).all())
             self.separate = bool((temps != 1.0).any())
-        # token-class table: one row per distinct automaton
-        all_autos: dict[int, TokenAutomaton] = {}
-        for rb in blocks:
-            for a in rb.chain_autos + rb.trivial_autos:
-                all_autos.setdefault(id(a), a)
-        tab_index = {k: i for i, k in enumerate(all_autos)}
-        tc = np.stack([a.token_class[:v].astype(np.int64) for a in all_autos.values()]) if all_autos else None
-        self.tc = torch.from_numpy(tc).to(dev, non_blocking=True) if tc is not None else None
-        if autos:
-            self.chain_tc = torch.from_numpy(np.array([tab_index[id(a)] for a in autos]) * v).to(dev, non_blocking=True)
-        self.c1 = self.chains.n_classes if autos else 1
-        # per-row mass groups and candidate chunks
+        self.c1 = self.chains.n_classes if self.n_chains else 1
+        self.n_cells = n_cells = self.n_chains * n
+        triv_off = np.cumsum([0, *[rb.n_trivial for rb in blocks]])
+        self.n_trivial = int(triv_off[-1])
+        # per-row mass passes and candidate chunks
         self.groups: list[_Group] = []
         self.cands: list[_Cands] = []
-        n_cells = self.n_chains * (self.n if autos else 0)
-        triv_off = np.cumsum([0] + [len(rb.trivial_pos) for rb in blocks])
-        self.n_trivial = int(triv_off[-1])
-        lse_at = 0
         self.noise_shapes: list[tuple[int, int, int, int, int]] = []  # row, first chain, chains, N, C
+        lse_at = 0
         for b, (r, rb) in enumerate(zip(rows, blocks)):
-            lse_of: dict[tuple[int, int], int] = {}  # (chain, j) or (-1, trivial index) -> lse slot
-            by_auto: dict[int, list[tuple[int, int, tuple[int, int]]]] = {}  # (canvas pos, dest, key)
-            auto_of: dict[int, TokenAutomaton] = {}
-            for s, (a, p) in enumerate(zip(rb.chain_autos, rb.chain_pos)):
-                s_g = int(offsets[b]) + s
-                auto_of[id(a)] = a
-                for j, pp in enumerate(p):
-                    by_auto.setdefault(id(a), []).append((int(pp), s_g * self.n + j, (s, j)))
-            for t, (a, pp) in enumerate(zip(rb.trivial_autos, rb.trivial_pos)):
-                auto_of[id(a)] = a
-                by_auto.setdefault(id(a), []).append((int(pp), int(triv_off[b]) + t, (-1, t)))
-            items = [(key, x) for key, xs in by_auto.items() for x in xs]  # grouped by automaton
-            for i in range(0, len(items), _CHUNK):
-                part = items[i : i + _CHUNK]
-                p = np.array([x[0] for _, x in part], dtype=np.int64)
+            is_chain = rb.m_chain >= 0
+            dest = np.where(is_chain, (offsets[b] + rb.m_chain) * n + rb.m_j, triv_off[b] + rb.m_j)
+            for i in range(0, len(rb.m_pos), _CHUNK):
+                sl = slice(i, i + _CHUNK)
+                ma = rb.m_auto[sl]
+                cuts = [0, *(np.flatnonzero(np.diff(ma)) + 1).tolist(), len(ma)]
                 segs = []
-                lo = 0
-                while lo < len(part):
-                    hi = lo
-                    while hi < len(part) and part[hi][0] == part[lo][0]:
-                        hi += 1
-                    auto = auto_of[part[lo][0]]
-                    dest = np.array([x[1] for _, x in part[lo:hi]], dtype=np.int64)
-                    segs.append(_Segment(auto, lo, hi, _t(dest, dev), not auto.trivial))
-                    lo = hi
+                for lo, hi in itertools.pairwise(cuts):
+                    auto = rb.autos[int(ma[lo])]
+                    segs.append(_Segment(auto, lo, hi, _t(dest[sl][lo:hi], dev), not auto.trivial))
+                p = rb.m_pos[sl]
                 self.groups.append(
                     _Group(
                         b,
                         _t(b * width + p, dev),
                         _t(urow_of[b] * width + p, dev) if b in urow_of else None,
                         segs,
-                        slice(lse_at, lse_at + len(part)),
+                        slice(lse_at + i, lse_at + i + len(p)),
                     )
                 )
-                for _, x in part:
-                    lse_of[x[2]] = lse_at
-                    lse_at += 1
-            if rb.chain_autos and r.sched.temperature > 0:
-                cmax = max(a.n_classes for a in rb.chain_autos)
-                nmax = max(len(p) for p in rb.chain_pos)
-                self.noise_shapes.append((b, int(offsets[b]), len(rb.chain_autos), nmax, cmax))
-            # candidates, in chunks of one row
-            cp = rb.cand_pos
-            for i in range(0, len(cp), _CHUNK):
-                part = rb.cand[i : i + _CHUNK]
-                p = cp[i : i + _CHUNK]
-                cls_idx = [
-                    (int(offsets[b]) + s) * self.n + j if s >= 0 else n_cells + int(triv_off[b]) + j for s, j in part
-                ]
-                tcr = [tab_index[id(rb.chain_autos[s] if s >= 0 else rb.trivial_autos[j])] for s, j in part]
+            if len(rb.chain_len) and r.sched.temperature > 0:
+                cmax = max(rb.autos[int(i)].n_classes for i in rb.chain_auto)
+                self.noise_shapes.append((b, int(offsets[b]), len(rb.chain_len), rb.chain_pos.shape[1], cmax))
+            cm = rb.c_mass
+            cls_idx = np.where(
+                rb.m_chain[cm] >= 0, (offsets[b] + rb.m_chain[cm]) * n + rb.m_j[cm], n_cells + triv_off[b] + rb.m_j[cm]
+            )
+            tc_row = local_to_global[b][rb.m_auto[cm]]
+            chunk = _CHUNK // 4 if r.strategy.needs_marginals else _CHUNK  # [n, V] float64 marginals
+            for i in range(0, len(cm), chunk):
+                sl = slice(i, i + chunk)
+                p = rb.c_pos[sl]
                 self.cands.append(
                     _Cands(
                         b,
                         _t(b * width + p, dev),
                         _t(urow_of[b] * width + p, dev) if b in urow_of else None,
                         _t(b * width + p, dev),
-                        _t(np.array(tcr, dtype=np.int64), dev),
-                        _t(np.array(cls_idx, dtype=np.int64), dev),
-                        _t(np.array([lse_of[x] for x in part], dtype=np.int64), dev),
-                        len(part),
+                        _t(tc_row[sl], dev),
+                        _t(cls_idx[sl], dev),
+                        _t(lse_at + cm[sl], dev),
+                        len(p),
                     )
                 )
+            lse_at += len(rb.m_pos)
         self.n_mass = lse_at
-        self.n_cells = n_cells
 
 
 def _t(a: np.ndarray, dev: torch.device) -> torch.Tensor:
@@ -302,10 +310,6 @@ def _plan(rows: Sequence[Any], width: int, device: torch.device) -> _Plan:
 # ----------------------------------------------------------------------------- one step
 
 
-def _clean(lg: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(lg.float(), nan=-1e30, posinf=1e30, neginf=-1e30).clamp_(-1e30, 1e30)
-
-
 def _gather(flat: torch.Tensor, rows: torch.Tensor, urows: torch.Tensor | None, scale: float, v: int) -> torch.Tensor:
     """Clean float32 logits of the given flat rows (classifier-free guidance applied)."""
     lg = _clean(flat[rows, :v])
@@ -315,17 +319,23 @@ def _gather(flat: torch.Tensor, rows: torch.Tensor, urows: torch.Tensor | None, 
     return lg
 
 
-def _log_mass(p: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """log class masses [n, C] float64, floored, from probabilities times e^80 (see the module
-    docstring)."""
-    return (p @ onehot).double().log_().sub_(_SHIFT).clamp_(min=FLOOR)
+def _log_mass(lg: torch.Tensor, lse: torch.Tensor, cls: Any, trivial: bool) -> torch.Tensor:
+    """log class masses [n, C] float64 of logits ``lg`` normalised by ``lse``, floored.
 
-
-def _class_max(lg: torch.Tensor, lse: torch.Tensor, index: torch.Tensor, c: int) -> torch.Tensor:
-    idx = index.unsqueeze(0).expand(lg.shape[0], -1)
-    cmax = torch.full((lg.shape[0], c + 1), -torch.inf, dtype=lg.dtype, device=lg.device)
-    cmax.scatter_reduce_(1, idx, lg, reduce="amax", include_self=True)
-    return (cmax[:, :c].double() - lse.double()[:, None]).clamp_(min=FLOOR)
+    Summed relative to each position's best *allowed* token, so the classes the constraint leaves
+    keep their weights however far a forbidden token stands above them (see the module docstring)."""
+    x = torch.where(cls.allowed, lg, -torch.inf)
+    m = x.amax(dim=1, keepdim=True).clamp_(min=-1e30)
+    p = x.sub_(m - _SHIFT).exp_()  # forbidden tokens: 0
+    if trivial:
+        acc = p.sum(dim=1, keepdim=True)
+    elif cls.dense:
+        acc = p @ cls.onehot(p.dtype)
+    else:  # a large V x C indicator: add into the class columns instead
+        acc = torch.zeros(p.shape[0], cls.n_classes + 1, dtype=p.dtype, device=p.device)
+        acc = acc.index_add_(1, cls.index, p)[:, : cls.n_classes]
+    shift = (m.squeeze(1) - lse).double()[:, None] - _SHIFT
+    return acc.double().log_().add_(shift).clamp_(min=FLOOR)
 
 
 @dataclass(eq=False)
@@ -369,8 +379,6 @@ class DeviceRun:
     :meth:`step` once for whatever rows are in flight (the batching engine)."""
 
     def __init__(self, denoiser: Any, rows: Sequence[Any]) -> None:
-        from .sampler import _check_logits, _classes
-
         self._classes = _classes
         self._check_logits = _check_logits
         self.denoiser = denoiser
@@ -411,15 +419,20 @@ class DeviceRun:
             counts = r.sched.counts[r.block]
             k = counts[r.step_in_block] if r.step_in_block < len(counts) else st.left
             ks.append(min(k, st.left))
-        picked = self._step(rows, states, ks)
-        for r in rows:
-            r.passes += 2 if r.sched.cfg_scale > 0 else 1
+        lengths = [len(r.canvas) for r in rows]
+        new, picked = self._step(rows, states, ks, lengths)
         out = None
         if events:
             host = torch.cat([picked.reshape(-1).double(), self.bad.double().reshape(1)]).cpu().numpy()
             if host[-1]:
                 raise _internal_error()
             host = host[:-1].reshape(picked.shape)
+        # the step takes effect only now: a step that raised above leaves its rows as they were
+        for b, (st, n) in enumerate(zip(states, lengths)):
+            st.canvas = new[b, :n]
+        for r in rows:
+            r.passes += 2 if r.sched.cfg_scale > 0 else 1
+        if events:
             out = []
             for b, (r, k) in enumerate(zip(rows, ks)):
                 pos, tok, conf = host[0][b, :k].astype(np.int64), host[1][b, :k].astype(np.int64), host[2][b, :k]
@@ -458,9 +471,11 @@ class DeviceRun:
             k += len(r.canvas)
 
     # ------------------------------------------------------------------ step
-    def _step(self, rows: Sequence[Any], states: Sequence[_RowState], ks: list[int]) -> torch.Tensor:
+    def _step(
+        self, rows: Sequence[Any], states: Sequence[_RowState], ks: list[int], lengths: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's new canvases [B, width] and what it picked (nothing changes yet)."""
         dev = self.device
-        lengths = [len(r.canvas) for r in rows]
         width = max(lengths)
         plan = _plan(rows, width, dev)
         pad = [torch.nn.functional.pad(st.canvas, (0, width - n), value=self.pad) for st, n in zip(states, lengths)]
@@ -480,11 +495,10 @@ class DeviceRun:
         with torch.no_grad():
             logits = self.denoiser(ids, att_t)
         self._check_logits(self.denoiser, logits, ids.shape[0], width, plan.v)
+        if logits.device != dev:  # a denoiser that hands its logits back elsewhere
+            logits = logits.to(dev)
         with torch.no_grad():
-            new, picked = self._sample(plan, rows, states, ks, canvas, logits[:, :width].reshape(-1, logits.shape[2]))
-        for b, (st, n) in enumerate(zip(states, lengths)):
-            st.canvas = new[b, :n]
-        return picked
+            return self._sample(plan, rows, states, ks, canvas, logits[:, :width].reshape(-1, logits.shape[2]))
 
     def _sample(
         self,
@@ -511,15 +525,14 @@ class DeviceRun:
             lg = _gather(flat, g.rows, g.urows, r.sched.cfg_scale, v)
             lse = torch.logsumexp(lg, dim=1)
             lse_all[g.mass_index] = lse
-            p = torch.exp(lg - lse[:, None] + _SHIFT)
             tempered = plan.separate and temp not in (0.0, 1.0)
             if tempered:
                 lgs = (lg / temp).clamp_(-3e38, 3e38)
                 lse_s = torch.logsumexp(lgs, dim=1)
-                ps = torch.exp(lgs - lse_s[:, None] + _SHIFT)
             for seg in g.segments:
                 cls = self._classes(seg.auto, dev)
-                lm = _log_mass(p[seg.lo : seg.hi], cls.onehot(torch.float32))
+                part = slice(seg.lo, seg.hi)
+                lm = _log_mass(lg[part], lse[part], cls, seg.auto.trivial)
                 if not seg.chain:
                     triv[seg.dest] = lm[:, 0]
                     continue
@@ -529,9 +542,9 @@ class DeviceRun:
                 if not plan.separate:
                     continue
                 if temp == 0:
-                    lm_s = _class_max(lg[seg.lo : seg.hi], lse[seg.lo : seg.hi], cls.index, c)
+                    lm_s = _Row._log_class_max(lg[part], lse[part], cls, seg.auto).clamp_(min=FLOOR)
                 elif tempered:
-                    lm_s = _log_mass(ps[seg.lo : seg.hi], cls.onehot(torch.float32))
+                    lm_s = _log_mass(lgs[part], lse_s[part], cls, False)
                 else:
                     lm_s = lm
                 wm_s[seg.dest[:, None], cols[None, :]] = lm_s
@@ -586,7 +599,7 @@ class DeviceRun:
             logq = None
             if r.strategy.needs_marginals:
                 lw_ext = torch.cat([lw, torch.full((cd.n, 1), -torch.inf, dtype=lw.dtype, device=dev)], dim=1)
-                logq = (lg - lse[:, None]).double() + lw_ext.gather(1, torch.where(tc >= 0, tc, c1))
+                logq = (lg - lse[:, None]).double() + lw_ext.gather(1, torch.where(tc >= 0, tc, c1).long())
             if r.strategy.name == "random":
                 score = torch.rand(cd.n, generator=gen, dtype=torch.float64, device=dev)
             else:

@@ -193,8 +193,17 @@ class Engine:
                 self._fail(batch[0], exc)
                 return [(batch[0], None)]
             # one row broke the shared pass: run each alone so that only the guilty job fails
-            # (rows stepped before the failure and now full are finished, not stepped again)
-            return [pair for job in batch for pair in (self._forward([job]) if not job.row.done else [(job, None)])]  # type: ignore[union-attr]
+            # (rows that stepped before the failure keep that step and are not stepped again)
+            done = getattr(exc, "dlmprompt_steps", {})
+            out: list[tuple[Job, Step | None]] = []
+            for job in batch:
+                if id(job.row) in done:
+                    out.append((job, done[id(job.row)]))
+                elif job.row.done:  # type: ignore[union-attr]
+                    out.append((job, None))
+                else:
+                    out.extend(self._forward([job]))
+            return out
         self._count(len(batch), t)
         return list(zip(batch, steps))
 

@@ -1,9 +1,10 @@
 """The denoising loop: one loop for every masked-diffusion denoiser, constrained exactly.
 
 ``sample()`` yields one :class:`Step` per denoising step and row; ``generate()`` drains it into
-:class:`Result` objects. Several programs of different layouts share each forward pass; each
-row draws its randomness from its own generator, so a batch gives the same results as the same
-programs run one by one with the same generator.
+:class:`Result` objects. Several programs of different layouts share each forward pass (rows on
+the device path, ``devicepath.py``, share one pass and the other rows another); each row draws
+its randomness from its own generator, so a batch gives the same results as the same programs
+run one by one with the same generator.
 
 Per step and row: the model's distribution at every masked slot position is summed into token
 classes of the slot's automaton; a forward-backward pass over the slot (``chain.py``) samples one
@@ -110,6 +111,7 @@ class _Classes:
         tc = torch.from_numpy(auto.token_class.astype(np.int64))
         self.index = torch.where(tc >= 0, tc, torch.full_like(tc, c)).to(device, non_blocking=True)  # dump column c
         self.token_class = tc.to(device, non_blocking=True)
+        self.allowed = (tc >= 0).to(device, non_blocking=True)
         self.disallowed = torch.from_numpy(np.nonzero(auto.token_class < 0)[0]).to(device, non_blocking=True)
         self.device = device
         self.n_classes = c
@@ -272,6 +274,12 @@ class _Row:
             tokens = torch.cat(cand_tok)
             conf = torch.cat(cand_conf)
             logq_all = torch.cat(cand_logq) if need_q else None
+            if len(cand_pos) > 1:  # groups come by automaton: back to canvas order, for ties and draws
+                order = np.argsort(positions, kind="stable")
+                positions = positions[order]
+                perm = torch.from_numpy(order).to(tokens.device)
+                tokens, conf = tokens[perm], conf[perm]
+                logq_all = logq_all[perm] if logq_all is not None else None
             score = self.strategy.score(conf, logq_all, len(positions), self.gen)
             # one transfer to the host for the whole row: scores, tokens, confidences
             (host,) = yield [torch.stack([score.double(), tokens.double(), conf.double()])]
@@ -652,7 +660,8 @@ def sample(
     *,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Iterator[Step]:
-    """Denoise one program or several in shared forward passes, yielding a :class:`Step` per row
+    """Denoise one program or several in shared forward passes (one for the rows on the device
+    path, one for the others), yielding a :class:`Step` per row
     and denoising step.
 
     With one ``torch.Generator`` for several programs, each row gets its own generator seeded from

@@ -190,7 +190,7 @@ def test_fused_triton_kernel_matches_the_torch_version_in_the_interpreter() -> N
     interpreter: the same classes, validity flags and class weights as the torch loops, over
     sampling, greedy and mixed chains and chains with no valid completion. (tests/test_gpu.py
     runs the same check compiled, on CUDA.)"""
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", minversion="3.6")
     import os
     import subprocess
     import sys

@@ -35,14 +35,17 @@ def _first(tok, pattern: str, table: dict[str, float], temperature: float, seeds
     return [generate(den, prog, generator=torch.Generator().manual_seed(s))["v"] for s in range(seeds)]
 
 
-def test_tiny_class_masses_keep_their_relative_weight(byte_tok) -> None:
-    # the model wants 'x' (forbidden); of the allowed, '7' is e^30 times likelier than '3'
-    table = {"x": 100.0, "7": -30.0, "3": -60.0, "a": -30.0, "b": -30.0}
+@pytest.mark.parametrize("preferred", ["7a", "3b"])
+def test_tiny_class_masses_keep_their_relative_weight(byte_tok, preferred) -> None:
+    # the model wants 'x' (forbidden); of the allowed first characters, the preferred one is e^30
+    # times likelier than the other (both orders: a floor that ties them would pick by class order)
+    good, bad = preferred[0], "3" if preferred[0] == "7" else "7"
+    table = {"x": 100.0, good: -30.0, bad: -60.0, "a": -30.0, "b": -30.0}
     outs = _first(byte_tok, "7a|3b", table, temperature=0.2, seeds=40, default=-1e4)
-    assert outs.count("7a") == 40
-    # at temperature 1 both class masses underflow float32 (e^-130): the log-space redo keeps them apart
+    assert outs.count(preferred) == 40
+    # at temperature 1 both class masses underflow float32 (e^-130): they still stay apart
     outs = _first(byte_tok, "7a|3b", table, temperature=1.0, seeds=40, default=-1e4)
-    assert outs.count("7a") == 40
+    assert outs.count(preferred) == 40
 
 
 def test_greedy_follows_the_model_beyond_float_underflow(byte_tok) -> None:
