@@ -686,10 +686,11 @@ def _run(denoiser: Any, rows: list[_Row], events: bool = True) -> Iterator[Step]
         return
     # each row's path depends on its own program alone, so a batch gives what its rows give alone
     on_device = [r for r in rows if devicepath.eligible(denoiser, [r])]
-    if on_device:
+    if on_device and not events:  # nothing read back until the end
         yield from devicepath.DeviceRun(denoiser, on_device).run(events)
-        rows = [r for r in rows if not any(r is d for d in on_device)]
-    if rows:
+        dev_ids = {id(r) for r in on_device}
+        rows = [r for r in rows if id(r) not in dev_ids]
+    if rows:  # step by step; forward_step sends device-path rows one way and the rest the other
         yield from _loop(denoiser, rows)
 
 
@@ -729,11 +730,17 @@ def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
     on_device = [r for r in active if devicepath.eligible(denoiser, [r])]
     if not on_device:
         return _host_forward_step(denoiser, active)
-    steps = devicepath.DeviceRun(denoiser, on_device).step(on_device) or []
-    rest = [r for r in active if r.device_state is None]
-    by_row = {
-        id(r): st for r, st in zip([*on_device, *rest], [*steps, *(_host_forward_step(denoiser, rest) if rest else [])])
-    }
+    dev_ids = {id(r) for r in on_device}
+    rest = [r for r in active if id(r) not in dev_ids]
+    host_steps = _host_forward_step(denoiser, rest) if rest else []
+    try:
+        dev_steps = devicepath.DeviceRun(denoiser, on_device).step(on_device) or []
+    except Exception as exc:
+        # the host rows have stepped: say so, so that a caller retrying row by row (the engine)
+        # hands these steps out instead of stepping those rows again (the device rows are untouched)
+        exc.dlmprompt_steps = dict(zip(map(id, rest), host_steps))  # type: ignore[attr-defined]
+        raise
+    by_row = dict(zip(map(id, [*rest, *on_device]), [*host_steps, *dev_steps]))
     return [by_row[id(r)] for r in active]
 
 

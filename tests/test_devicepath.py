@@ -227,3 +227,42 @@ def test_batching_engine_steps_device_rows_like_generate(byte_tok, device_path) 
         assert np.array_equal(res.canvas, alone.canvas)
         assert len(seen[i]) == res.steps
         assert np.array_equal(seen[i][-1].canvas, res.canvas)
+
+
+def test_a_step_that_fails_leaves_its_rows_as_they_were(byte_tok, device_path, monkeypatch) -> None:
+    """A device step whose read-back reports a failure changes no row (canvas on the device,
+    counts on the host); the next step goes on from the same state. A shared step whose device
+    half fails after the host half committed hands the host rows' steps to the caller (the engine
+    passes them on instead of stepping those rows twice)."""
+    from dlmprompt import DLMPromptError
+    from dlmprompt.devicepath import DeviceRun
+    from dlmprompt.sampler import _Row, forward_step
+
+    den = RandomDenoiser(byte_tok, seed=4)
+    prog = compile(_prompts()[0].with_sampling(temperature=1.0), byte_tok)
+    row = _Row(0, prog, torch.Generator().manual_seed(0))
+    run = DeviceRun(den, [row])
+    run.step([row])
+    before = (row.device_state.canvas.clone(), row.device_state.left, row.steps, row.block, row.canvas.copy())
+    run.bad = torch.ones((), dtype=torch.bool)  # as if a slot's pass had found no completion
+    with pytest.raises(DLMPromptError, match="internal error"):
+        run.step([row])
+    st = row.device_state
+    assert torch.equal(st.canvas, before[0]) and (st.left, row.steps, row.block) == before[1:4]
+    assert np.array_equal(row.canvas, before[4])
+    run.bad = torch.zeros((), dtype=torch.bool)
+    (step,) = run.step([row])
+    assert np.all(before[4][step.committed] == prog.mask_id)
+
+    gram = compile(Prompt("x=") + slot("g", grammar='start: "a"+ "b"', max_tokens=4), byte_tok)
+    dev_row, host_row = _Row(0, prog, torch.Generator()), _Row(1, gram, torch.Generator())
+
+    def broken(self, rows, events=True):  # type: ignore[no-untyped-def]
+        raise RuntimeError("device half failed")
+
+    monkeypatch.setattr(DeviceRun, "step", broken)
+    with pytest.raises(RuntimeError, match="device half failed") as info:
+        forward_step(den, [dev_row, host_row])
+    done = info.value.dlmprompt_steps  # type: ignore[attr-defined]
+    assert list(done) == [id(host_row)] and done[id(host_row)].index == 0 and host_row.steps == 1
+    assert dev_row.steps == 0
