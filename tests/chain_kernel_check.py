@@ -29,37 +29,53 @@ def _numpy24_interpreter() -> None:
     ti._patch_lang_tensor = patched
 
 
+def automata() -> list:  # type: ignore[type-arg]
+    """Four regex automata (with pads) over a small byte tokenizer."""
+    from dlmprompt import Tokenizer
+    from dlmprompt.automaton import regex_automaton
+
+    tok = Tokenizer.bytes_level(["ab", "12", "a1"])
+    pats = [r"[a-z]+[0-9]{1,3}", r"(ab|a1)*x?", r"[0-9]+(\.[0-9]+)?", r"\"[A-Z][a-z]+( [A-Z][a-z]+)*\""]
+    return [regex_automaton(p, tok).with_pad(tok.pad_id) for p in pats]
+
+
+def random_chains(rng: np.random.Generator, autos: list, max_len: int = 8) -> tuple:  # type: ignore[type-arg]
+    """1-5 chains of random automata and feasible lengths, each a valid partial canvas (a full
+    valid assignment with about 60 % of it masked again), with random log class masses of the
+    masked positions, a second (confidence) set and Gumbel noise."""
+    from dlmprompt.chain import run_chain
+
+    chain_autos, committed = [], []
+    for _ in range(int(rng.integers(1, 6))):
+        a = autos[int(rng.integers(len(autos)))]
+        lengths = np.nonzero(a.feasible_lengths(max_len))[0]
+        n = int(rng.choice(lengths[lengths > 0]))
+        full = run_chain(
+            a, np.full(n, -1), rng.normal(size=(n, a.n_classes)), noise=rng.gumbel(size=(n, a.n_classes)), want=None
+        )
+        c = full.classes.copy()
+        c[rng.random(n) < 0.6] = -1
+        chain_autos.append(a)
+        committed.append(c)
+    sizes = [int((c < 0).sum()) for c in committed]
+    lp = [rng.normal(size=(m, a.n_classes)) * 2 for m, a in zip(sizes, chain_autos)]
+    conf = [x + rng.normal(size=x.shape) for x in lp]
+    noise = [rng.gumbel(size=(m, a.n_classes)) for m, a in zip(sizes, chain_autos)]
+    return chain_autos, committed, sizes, lp, conf, noise
+
+
 def check(device: torch.device, trials: int) -> int:
     """Random chains of four automata, partial canvases, greedy / sampling / mixed, with and
     without a separate confidence distribution: the kernel's classes and validity flags equal the
     torch version's, its class weights agree to 1e-9. Returns the number of cases checked."""
-    from dlmprompt import Tokenizer
     from dlmprompt import _tritonchain as tc
     from dlmprompt import devicechain as dc
-    from dlmprompt.automaton import regex_automaton
-    from dlmprompt.chain import run_chain
 
-    tok = Tokenizer.bytes_level(["ab", "12", "a1"])
     rng = np.random.default_rng(0)
-    pats = [r"[a-z]+[0-9]{1,3}", r"(ab|a1)*x?", r"[0-9]+(\.[0-9]+)?", r"\"[A-Z][a-z]+( [A-Z][a-z]+)*\""]
-    autos = [regex_automaton(p, tok).with_pad(tok.pad_id) for p in pats]
+    autos = automata()
     cases = 0
     for trial in range(trials):
-        chain_autos, committed = [], []
-        for _ in range(int(rng.integers(1, 6))):
-            a = autos[int(rng.integers(len(autos)))]
-            lengths = np.nonzero(a.feasible_lengths(8))[0]
-            n = int(rng.choice(lengths[lengths > 0]))
-            noise = rng.gumbel(size=(n, a.n_classes))
-            full = run_chain(a, np.full(n, -1), rng.normal(size=(n, a.n_classes)), noise=noise, want=None)
-            c = full.classes.copy()
-            c[rng.random(n) < 0.6] = -1
-            chain_autos.append(a)
-            committed.append(c)
-        sizes = [int((c < 0).sum()) for c in committed]
-        lp = [rng.normal(size=(m, a.n_classes)) * 2 for m, a in zip(sizes, chain_autos)]
-        conf = [x + rng.normal(size=x.shape) for x in lp]
-        noise = [rng.gumbel(size=(m, a.n_classes)) for m, a in zip(sizes, chain_autos)]
+        chain_autos, committed, _, lp, conf, noise = random_chains(rng, autos)
         if trial % 5 == 4:  # a position no completion can pass: both must flag it
             lp[0][:] = -np.inf if len(lp[0]) else 0
         ch = dc.pack(chain_autos, device)

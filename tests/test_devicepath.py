@@ -28,28 +28,13 @@ def test_merged_chains_of_different_automata_draw_what_the_reference_draws() -> 
     """Chains of four automata and of different lengths in one merged pass: the same classes as
     ``chain.run_chain`` slot by slot given the same noise, in sampling and greedy (max-product)
     mode, and the same constrained class weights, with a separate confidence distribution too."""
-    tok = Tokenizer.bytes_level(["ab", "12", "a1"])
+    from chain_kernel_check import automata, random_chains
+
     rng = np.random.default_rng(0)
-    pats = [r"[a-z]+[0-9]{1,3}", r"(ab|a1)*x?", r"[0-9]+(\.[0-9]+)?", r"\"[A-Z][a-z]+( [A-Z][a-z]+)*\""]
-    autos = [regex_automaton(p, tok).with_pad(tok.pad_id) for p in pats]
+    autos = automata()
     checked = 0
     for trial in range(40):
-        chain_autos, committed = [], []
-        for _ in range(int(rng.integers(1, 7))):
-            a = autos[int(rng.integers(len(autos)))]
-            lengths = np.nonzero(a.feasible_lengths(10))[0]
-            n = int(rng.choice(lengths[lengths > 0]))
-            full = run_chain(
-                a, np.full(n, -1), rng.normal(size=(n, a.n_classes)), noise=rng.gumbel(size=(n, a.n_classes)), want=None
-            )
-            c = full.classes.copy()
-            c[rng.random(n) < 0.6] = -1  # a valid partial canvas
-            chain_autos.append(a)
-            committed.append(c)
-        sizes = [int((c < 0).sum()) for c in committed]
-        lp = [rng.normal(size=(m, a.n_classes)) * 2 for m, a in zip(sizes, chain_autos)]
-        conf = [x + rng.normal(size=x.shape) for x in lp]
-        noise = [rng.gumbel(size=(m, a.n_classes)) for m, a in zip(sizes, chain_autos)]
+        chain_autos, committed, sizes, lp, conf, noise = random_chains(rng, autos, max_len=10)
         ch = dc.pack(chain_autos, torch.device("cpu"))
         for greedy in (False, True):
             use_conf = greedy or trial % 2 == 1
