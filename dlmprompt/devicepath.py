@@ -326,7 +326,7 @@ def _log_mass(lg: torch.Tensor, lse: torch.Tensor, cls: Any, trivial: bool) -> t
     keep their weights however far a forbidden token stands above them (see the module docstring)."""
     x = torch.where(cls.allowed, lg, -torch.inf)
     m = x.amax(dim=1, keepdim=True).clamp_(min=-1e30)
-    p = x.sub_(m - _SHIFT).exp_()  # forbidden tokens: 0
+    p = x.sub_(m).add_(_SHIFT).exp_()  # forbidden tokens: 0
     if trivial:
         acc = p.sum(dim=1, keepdim=True)
     elif cls.dense:
@@ -420,13 +420,19 @@ class DeviceRun:
             k = counts[r.step_in_block] if r.step_in_block < len(counts) else st.left
             ks.append(min(k, st.left))
         lengths = [len(r.canvas) for r in rows]
-        new, picked = self._step(rows, states, ks, lengths)
-        out = None
-        if events:
-            host = torch.cat([picked.reshape(-1).double(), self.bad.double().reshape(1)]).cpu().numpy()
-            if host[-1]:
-                raise _internal_error()
-            host = host[:-1].reshape(picked.shape)
+        saved = [st.gen.get_state() for st in states]  # host-side seed and offset: no wait
+        try:
+            new, picked = self._step(rows, states, ks, lengths)
+            out = None
+            if events:
+                host = torch.cat([picked.reshape(-1).double(), self.bad.double().reshape(1)]).cpu().numpy()
+                if host[-1]:
+                    raise _internal_error()
+                host = host[:-1].reshape(picked.shape)
+        except Exception:
+            for st, g in zip(states, saved):  # a failed step draws nothing either
+                st.gen.set_state(g)
+            raise
         # the step takes effect only now: a step that raised above leaves its rows as they were
         for b, (st, n) in enumerate(zip(states, lengths)):
             st.canvas = new[b, :n]

@@ -194,7 +194,7 @@ class Engine:
                 return [(batch[0], None)]
             # one row broke the shared pass: run each alone so that only the guilty job fails
             # (rows that stepped before the failure keep that step and are not stepped again)
-            done = getattr(exc, "dlmprompt_steps", {})
+            done = exc.__dict__.pop("dlmprompt_steps", {})
             out: list[tuple[Job, Step | None]] = []
             for job in batch:
                 if id(job.row) in done:

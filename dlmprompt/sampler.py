@@ -582,9 +582,14 @@ def _fetch(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
-def _drive(phases: list[Generator[list[torch.Tensor], list[np.ndarray], Step]]) -> list[Step]:
-    """Run rows' step generators in lockstep: each round, one transfer for all of them."""
-    results: list[Step | None] = [None] * len(phases)
+def _drive(
+    phases: list[Generator[list[torch.Tensor], list[np.ndarray], Step]], results: list[Step | None] | None = None
+) -> list[Step]:
+    """Run rows' step generators in lockstep: each round, one transfer for all of them.
+    ``results`` (one entry per phase) receives each step as it finishes, so a caller knows
+    which rows did step when a later round fails."""
+    if results is None:
+        results = [None] * len(phases)
     pending: dict[int, list[torch.Tensor]] = {}
     for i, g in enumerate(phases):
         try:
@@ -728,23 +733,25 @@ def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
     from . import devicepath
 
     on_device = [r for r in active if devicepath.eligible(denoiser, [r])]
-    if not on_device:
-        return _host_forward_step(denoiser, active)
     dev_ids = {id(r) for r in on_device}
     rest = [r for r in active if id(r) not in dev_ids]
-    host_steps = _host_forward_step(denoiser, rest) if rest else []
+    finished: list[Step | None] = [None] * len(rest)  # host rows' steps as they complete
     try:
-        dev_steps = devicepath.DeviceRun(denoiser, on_device).step(on_device) or []
+        host_steps = _host_forward_step(denoiser, rest, finished) if rest else []
+        dev_steps: list[Step] = []
+        if on_device:
+            dev_steps = devicepath.DeviceRun(denoiser, on_device).step(on_device) or []
     except Exception as exc:
-        # the host rows have stepped: say so, so that a caller retrying row by row (the engine)
-        # hands these steps out instead of stepping those rows again (the device rows are untouched)
-        exc.dlmprompt_steps = dict(zip(map(id, rest), host_steps))  # type: ignore[attr-defined]
+        # which rows did step before the failure (set afresh on every failure), so that a caller
+        # retrying row by row (the engine) hands those steps out instead of stepping them again;
+        # a failed device step changes no row
+        exc.dlmprompt_steps = {id(r): st for r, st in zip(rest, finished) if st is not None}  # type: ignore[attr-defined]
         raise
     by_row = dict(zip(map(id, [*rest, *on_device]), [*host_steps, *dev_steps]))
     return [by_row[id(r)] for r in active]
 
 
-def _host_forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
+def _host_forward_step(denoiser: Any, active: Sequence[_Row], finished: list[Step | None] | None = None) -> list[Step]:
     seqs: list[np.ndarray] = []
     owners: list[tuple[_Row, bool]] = []
     for r in active:
@@ -784,7 +791,7 @@ def _host_forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
             un = parts[1].float()
             lg = un + (s + 1.0) * (lg.float() - un)
         phases.append(r.step_phases(lg))
-    return _drive(phases)
+    return _drive(phases, finished)
 
 
 def generate(

@@ -238,6 +238,13 @@ def test_a_step_that_fails_leaves_its_rows_as_they_were(byte_tok, device_path, m
     run.bad = torch.zeros((), dtype=torch.bool)
     (step,) = run.step([row])
     assert np.all(before[4][step.committed] == prog.mask_id)
+    while not row.done:
+        run.step([row])
+    # the failed step drew nothing either: the row ends as it does without the failure
+    clean = _Row(0, prog, torch.Generator().manual_seed(0))
+    for _ in DeviceRun(den, [clean]).run(events=False):
+        pass
+    assert np.array_equal(row.canvas, clean.canvas)
 
     gram = compile(Prompt("x=") + slot("g", grammar='start: "a"+ "b"', max_tokens=4), byte_tok)
     dev_row, host_row = _Row(0, prog, torch.Generator()), _Row(1, gram, torch.Generator())
@@ -251,3 +258,17 @@ def test_a_step_that_fails_leaves_its_rows_as_they_were(byte_tok, device_path, m
     done = info.value.dlmprompt_steps  # type: ignore[attr-defined]
     assert list(done) == [id(host_row)] and done[id(host_row)].index == 0 and host_row.steps == 1
     assert dev_row.steps == 0
+
+    # an exception object raised again must not carry the steps of an earlier failure
+    shared = RuntimeError("model down")
+
+    class Down:
+        tokenizer, mask_id = byte_tok, byte_tok.mask_id
+
+        def __call__(self, ids, att):  # type: ignore[no-untyped-def]
+            raise shared
+
+    shared.dlmprompt_steps = done  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="model down") as info:
+        forward_step(Down(), [_Row(0, prog, torch.Generator()), _Row(1, gram, torch.Generator())])
+    assert info.value.dlmprompt_steps == {}  # type: ignore[attr-defined]
