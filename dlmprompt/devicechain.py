@@ -151,23 +151,6 @@ def pack(autos: list[TokenAutomaton], device: torch.device) -> Chains:
     )
 
 
-def layout_weights(
-    ch: Chains, committed: list[np.ndarray], log_mass: list[np.ndarray], n: int | None = None
-) -> np.ndarray:
-    """``w`` [S, N, C1] on the host from each chain's committed classes (-1: masked) and the log
-    class masses of its masked positions (reference for tests; the sampler builds it on the device)."""
-    s, c1 = ch.n_chains, ch.n_classes
-    n = n or max(len(c) for c in committed)
-    w = np.full((s, n, c1), NEG)
-    for i, (c, lm) in enumerate(zip(committed, log_mass)):
-        masked = np.nonzero(c < 0)[0]
-        w[i, masked, : lm.shape[1]] = lm
-        fixed = np.nonzero(c >= 0)[0]
-        w[i, fixed, c[fixed]] = 0.0
-        w[i, len(c) :, c1 - 1] = 0.0
-    return w
-
-
 _KERNEL: Any = None  # the Triton module once imported; False where it is unavailable or failed
 
 

@@ -173,9 +173,8 @@ class _Cands:
     """One row's in-block slot positions, a chunk of them."""
 
     row: int
-    rows: torch.Tensor
+    rows: torch.Tensor  # flat index into the logits, and into the [B, width] canvas alike
     urows: torch.Tensor | None
-    canvas: torch.Tensor  # flat canvas index
     tc_row: torch.Tensor  # index into the plan's token-class table
     cls_idx: torch.Tensor  # into [chain cells..., trivial...]
     lse_idx: torch.Tensor
@@ -204,7 +203,6 @@ class _Plan:
                     autos.append(a)
                 ids.append(table[id(a)])
             local_to_global.append(np.array(ids, dtype=np.int64))
-        self.autos = autos
         tc = np.stack([a.token_class[:v] for a in autos]).astype(np.int32) if autos else np.zeros((1, v), np.int32)
         self.tc = _t(tc, dev)
         # chains
@@ -277,7 +275,6 @@ class _Plan:
                         b,
                         _t(b * width + p, dev),
                         _t(urow_of[b] * width + p, dev) if b in urow_of else None,
-                        _t(b * width + p, dev),
                         _t(tc_row[sl], dev),
                         _t(cls_idx[sl], dev),
                         _t(lse_at + cm[sl], dev),
@@ -379,8 +376,6 @@ class DeviceRun:
     :meth:`step` once for whatever rows are in flight (the batching engine)."""
 
     def __init__(self, denoiser: Any, rows: Sequence[Any]) -> None:
-        self._classes = _classes
-        self._check_logits = _check_logits
         self.denoiser = denoiser
         self.rows = list(rows)
         dev = getattr(denoiser, "device", None)
@@ -421,9 +416,9 @@ class DeviceRun:
             ks.append(min(k, st.left))
         lengths = [len(r.canvas) for r in rows]
         saved = [st.gen.get_state() for st in states]  # host-side seed and offset: no wait
+        out = None
         try:
             new, picked = self._step(rows, states, ks, lengths)
-            out = None
             if events:
                 host = torch.cat([picked.reshape(-1).double(), self.bad.double().reshape(1)]).cpu().numpy()
                 if host[-1]:
@@ -500,7 +495,7 @@ class DeviceRun:
             att_t = att_t.to(dev, non_blocking=True)
         with torch.no_grad():
             logits = self.denoiser(ids, att_t)
-        self._check_logits(self.denoiser, logits, ids.shape[0], width, plan.v)
+        _check_logits(self.denoiser, logits, ids.shape[0], width, plan.v)
         if logits.device != dev:  # a denoiser that hands its logits back elsewhere
             logits = logits.to(dev)
         with torch.no_grad():
@@ -536,15 +531,14 @@ class DeviceRun:
                 lgs = (lg / temp).clamp_(-3e38, 3e38)
                 lse_s = torch.logsumexp(lgs, dim=1)
             for seg in g.segments:
-                cls = self._classes(seg.auto, dev)
+                cls = _classes(seg.auto, dev)
                 part = slice(seg.lo, seg.hi)
                 lm = _log_mass(lg[part], lse[part], cls, seg.auto.trivial)
                 if not seg.chain:
                     triv[seg.dest] = lm[:, 0]
                     continue
                 c = seg.auto.n_classes
-                cols = torch.arange(c, device=dev)
-                wm_c[seg.dest[:, None], cols[None, :]] = lm
+                wm_c[seg.dest, :c] = lm
                 if not plan.separate:
                     continue
                 if temp == 0:
@@ -553,7 +547,7 @@ class DeviceRun:
                     lm_s = _log_mass(lgs[part], lse_s[part], cls, False)
                 else:
                     lm_s = lm
-                wm_s[seg.dest[:, None], cols[None, :]] = lm_s
+                wm_s[seg.dest, :c] = lm_s
         # the forward-backward pass of every constrained slot of every row at once
         if plan.n_chains:
             ch = plan.chains
@@ -610,11 +604,11 @@ class DeviceRun:
                 score = torch.rand(cd.n, generator=gen, dtype=torch.float64, device=dev)
             else:
                 score = r.strategy.score(conf, logq, cd.n, gen).double()
-            live = canvas_flat[cd.canvas] == self.mask_id
+            live = canvas_flat[cd.rows] == self.mask_id
             score = torch.nan_to_num(score, nan=-1e300, posinf=1e300, neginf=-1e300)
-            dense[cd.canvas] = torch.where(live, score, -torch.inf)
-            tok_d[cd.canvas] = t
-            conf_d[cd.canvas] = conf
+            dense[cd.rows] = torch.where(live, score, -torch.inf)
+            tok_d[cd.rows] = t
+            conf_d[cd.rows] = conf
         # commit the k best of each row (stable: ties go to the leftmost position)
         kmax = max(ks)
         dense = dense.view(b_n, width)

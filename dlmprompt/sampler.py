@@ -666,8 +666,7 @@ def sample(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Iterator[Step]:
     """Denoise one program or several in shared forward passes (one for the rows on the device
-    path, one for the others), yielding a :class:`Step` per row
-    and denoising step.
+    path, one for the others), yielding a :class:`Step` per row and denoising step.
 
     With one ``torch.Generator`` for several programs, each row gets its own generator seeded from
     it in order, exactly as if the programs ran one after another with that generator.

@@ -8,9 +8,27 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import numpy as np
 import torch
+
+
+def layout_weights(
+    ch: Any, committed: list[np.ndarray], log_mass: list[np.ndarray], n: int | None = None
+) -> np.ndarray:
+    """``w`` [S, N, C1] on the host from each chain's committed classes (-1: masked) and the log
+    class masses of its masked positions (the sampler builds it on the device)."""
+    s, c1 = ch.n_chains, ch.n_classes
+    n = n or max(len(c) for c in committed)
+    w = np.full((s, n, c1), -np.inf)
+    for i, (c, lm) in enumerate(zip(committed, log_mass)):
+        masked = np.nonzero(c < 0)[0]
+        w[i, masked, : lm.shape[1]] = lm
+        fixed = np.nonzero(c >= 0)[0]
+        w[i, fixed, c[fixed]] = 0.0
+        w[i, len(c) :, c1 - 1] = 0.0
+    return w
 
 
 def _numpy24_interpreter() -> None:
@@ -82,8 +100,8 @@ def check(device: torch.device, trials: int) -> int:
         for mode in ("sample", "greedy", "mixed"):
             g = torch.tensor([mode == "greedy" or (mode == "mixed" and i % 2 == 0) for i in range(ch.n_chains)])
             sep = mode != "sample" or trial % 2 == 1
-            ws = torch.from_numpy(dc.layout_weights(ch, committed, lp)).to(device)
-            wc = torch.from_numpy(dc.layout_weights(ch, committed, conf if sep else lp)).to(device)
+            ws = torch.from_numpy(layout_weights(ch, committed, lp)).to(device)
+            wc = torch.from_numpy(layout_weights(ch, committed, conf if sep else lp)).to(device)
             gn = np.zeros(tuple(ws.shape))
             for i, c in enumerate(committed):
                 if not g[i]:

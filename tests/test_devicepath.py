@@ -28,7 +28,7 @@ def test_merged_chains_of_different_automata_draw_what_the_reference_draws() -> 
     """Chains of four automata and of different lengths in one merged pass: the same classes as
     ``chain.run_chain`` slot by slot given the same noise, in sampling and greedy (max-product)
     mode, and the same constrained class weights, with a separate confidence distribution too."""
-    from chain_kernel_check import automata, random_chains
+    from chain_kernel_check import automata, layout_weights, random_chains
 
     rng = np.random.default_rng(0)
     autos = automata()
@@ -38,8 +38,8 @@ def test_merged_chains_of_different_automata_draw_what_the_reference_draws() -> 
         ch = dc.pack(chain_autos, torch.device("cpu"))
         for greedy in (False, True):
             use_conf = greedy or trial % 2 == 1
-            ws = torch.from_numpy(dc.layout_weights(ch, committed, lp))
-            wc = torch.from_numpy(dc.layout_weights(ch, committed, conf if use_conf else lp))
+            ws = torch.from_numpy(layout_weights(ch, committed, lp))
+            wc = torch.from_numpy(layout_weights(ch, committed, conf if use_conf else lp))
             nz = None
             if not greedy:
                 g = np.zeros(tuple(ws.shape))
@@ -75,12 +75,14 @@ def test_merged_chains_of_different_automata_draw_what_the_reference_draws() -> 
 def test_impossible_chain_is_flagged_not_filled() -> None:
     """A committed prefix no completion can follow: the pass says so (the sampler turns the
     flag into an error) instead of returning a class sequence."""
+    from chain_kernel_check import layout_weights
+
     tok = Tokenizer.bytes_level([])
     auto = regex_automaton(r"[0-9]{3}", tok)
     ch = dc.pack([auto], torch.device("cpu"))
     committed = np.array([-1, -1, -1])
     lm = np.zeros((3, auto.n_classes))
-    w = torch.from_numpy(dc.layout_weights(ch, [committed], [lm]))
+    w = torch.from_numpy(layout_weights(ch, [committed], [lm]))
     w[0, 1] = dc.NEG  # no class at all at position 1
     beta = dc.backward(ch, w, None)
     _, ok = dc.sample(ch, w, beta, None)
