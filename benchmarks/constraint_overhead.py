@@ -25,7 +25,7 @@ import time
 import torch
 
 from dlmprompt import Prompt, compile, slot
-from dlmprompt.sampler import _Row
+from dlmprompt.sampling.rows import Row
 from dlmprompt.tokenizer import qwen25_encoding, qwen25_tokenizer
 
 JSON_STRING = r'"([^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
@@ -74,15 +74,15 @@ def step_ms(programs, logits, repeats: int) -> list[float]:
     times: list[list[float]] = [[] for _ in programs]
     for r in range(repeats):
         for i, program in enumerate(programs):
-            row = _Row(0, program, torch.Generator().manual_seed(r))
+            row = Row(0, program, torch.Generator().manual_seed(r))
             t = time.perf_counter()
             row.step(logits)
             times[i].append((time.perf_counter() - t) * 1e3)
     return [statistics.median(t) for t in times]
 
 
-def whole_generation(program, logits) -> tuple[float, list[_Row]]:
-    row = _Row(0, program, torch.Generator().manual_seed(0))
+def whole_generation(program, logits) -> tuple[float, list[Row]]:
+    row = Row(0, program, torch.Generator().manual_seed(0))
     total = 0.0
     while not row.done:
         t = time.perf_counter()
@@ -91,7 +91,7 @@ def whole_generation(program, logits) -> tuple[float, list[_Row]]:
     return total * 1e3, [row]
 
 
-def llguidance_ms(program, row: _Row, lltok) -> float:
+def llguidance_ms(program, row: Row, lltok) -> float:
     import llguidance
     import llguidance.numpy as lln
 

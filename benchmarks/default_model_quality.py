@@ -23,8 +23,8 @@ import torch
 
 import dlmprompt
 from dlmprompt import compile, generate
-from dlmprompt.records import FAMILIES, extraction_prompt, free_json_prompt
-from dlmprompt.train import make_records, record_example
+from dlmprompt.models.records import FAMILIES, extraction_prompt, free_json_prompt
+from dlmprompt.models.train import make_records, record_example
 
 HELD_OUT_SEED = 424242
 

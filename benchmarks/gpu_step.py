@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlmprompt import Prompt, Tokenizer, compile, generate, slot
-from dlmprompt.sampler import _Row, _run
+from dlmprompt.sampling.rows import Row
+from dlmprompt.sampling.sampler import _run
 from dlmprompt.tokenizer import qwen25_encoding
 
 VOCAB = 126_464
@@ -140,7 +141,7 @@ def timed(device: torch.device, fn) -> float:  # type: ignore[no-untyped-def]
 def step_once(den: Denoiser, programs: list) -> None:  # type: ignore[type-arg]
     """One denoising step of every row: one batched forward pass, then each row's sampler work,
     up to the step's event on the host (its committed tokens), on the path DLMPROMPT_SAMPLER picks."""
-    rows = [_Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate(programs)]
+    rows = [Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate(programs)]
     steps = _run(den, rows)
     for _ in rows:
         next(steps)
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--- one {label} step, canvas {canvases[-1]}, batch 1")
             print(prof.key_averages().table(sort_by=key, row_limit=14))
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    from dlmprompt import devicechain
+    from dlmprompt.sampling import devicechain
 
     kernel = "triton" if devicechain._KERNEL not in (None, False) else "torch"
     print(f"device {name}, forward-backward on the device path: {kernel}, {time.perf_counter() - t0:.0f}s")

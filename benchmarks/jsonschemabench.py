@@ -40,7 +40,7 @@ import torch
 from dlmprompt import Prompt, compile, slot
 from dlmprompt.compiler import json_accepts
 from dlmprompt.errors import CompileError
-from dlmprompt.sampler import generate
+from dlmprompt.sampling.sampler import generate
 from dlmprompt.testing import RandomDenoiser
 from dlmprompt.tokenizer import qwen25_encoding, qwen25_tokenizer
 

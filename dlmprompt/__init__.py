@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .compiler import Layout, Program, Schedule, SlotLayout, compile
-from .errors import (
+from dlmprompt.compiler import Layout, Program, Schedule, SlotLayout, compile
+from dlmprompt.constraints.jsonschema import SchemaError, compile_schema
+from dlmprompt.errors import (
     BackendError,
     CompileError,
     DLMPromptError,
@@ -16,35 +17,44 @@ from .errors import (
     SpecError,
     TokenizerError,
 )
-from .schema import SchemaError, compile_schema
-from .spec import Choice, FreeText, Grammar, Guidance, Json, Length, Prompt, Regex, Sampling, Slot, Text, slot
-from .templating import chat, render_chat
-from .tokenizer import Tokenizer
+from dlmprompt.spec import Choice, FreeText, Grammar, Guidance, Json, Length, Prompt, Regex, Sampling, Slot, Text, slot
+from dlmprompt.templating import chat, render_chat
+from dlmprompt.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .backends import from_transformers, load
-    from .client import AsyncClient, Client, RemoteBackend, RemoteError, remote
-    from .sampler import Capture, Result, Step, generate, sample
+    from dlmprompt.loading import load
+    from dlmprompt.models.backends import from_transformers
+    from dlmprompt.sampling.events import Capture, Result, Step
+    from dlmprompt.sampling.sampler import generate, sample
+    from dlmprompt.serving.client import AsyncClient, Client, RemoteBackend, RemoteError, remote
 
-_LAZY = {"sample", "generate", "Step", "Result", "Capture"}
-_BACKENDS = {"load", "from_transformers"}
+_LAZY = {"sample", "generate"}
+_EVENTS = {"Step", "Result", "Capture"}
 _CLIENT = {"Client", "AsyncClient", "RemoteBackend", "RemoteError", "remote"}
 
 
 def __getattr__(name: str) -> Any:
     # the sampler imports torch; keep `import dlmprompt` (spec + compile) torch-free
     if name in _LAZY:
-        from . import sampler
+        from dlmprompt.sampling import sampler
 
         return getattr(sampler, name)
-    if name in _BACKENDS:
-        from . import backends
+    if name in _EVENTS:
+        from dlmprompt.sampling import events
 
-        return getattr(backends, name)
+        return getattr(events, name)
+    if name == "load":
+        from dlmprompt.loading import load
+
+        return load
+    if name == "from_transformers":
+        from dlmprompt.models.backends import from_transformers
+
+        return from_transformers
     if name in _CLIENT:
-        from . import client
+        from dlmprompt.serving import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'dlmprompt' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m dlmprompt``: the same as the ``dlmprompt`` command."""
 
-from .cli import main
+from dlmprompt.cli import main
 
 raise SystemExit(main())

@@ -30,9 +30,9 @@ def _live(tok, program, live: bool):  # type: ignore[no-untyped-def]
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from . import Prompt, compile, load, slot
-    from .records import extraction_prompt
-    from .sampler import generate
+    from dlmprompt import Prompt, compile, load, slot
+    from dlmprompt.models.records import extraction_prompt
+    from dlmprompt.sampling.sampler import generate
 
     t0 = time.perf_counter()
     denoiser = load()
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train-default", help="train the embedded default model (needs the train extra)", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train-default"]:  # its own parser takes every option (REMAINDER drops leading --opts)
-        from .train import main as train_main
+        from dlmprompt.models.train import main as train_main
 
         return train_main(argv[1:])
     args = parser.parse_args(argv)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import os
 
-        from .server import serve as run_server
+        from dlmprompt.serving.server import serve as run_server
 
         run_server(
             args.model,

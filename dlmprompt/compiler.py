@@ -12,16 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from .automaton import (
+from dlmprompt.constraints.automaton import (
     TokenAutomaton,
     choice_automaton,
     free_text_automaton,
     regex_automaton,
     unconstrained_automaton,
 )
-from .errors import CompileError, SpecError
-from .spec import Choice, FreeText, Grammar, Json, Prompt, Regex, Sampling, Slot, Text
-from .tokenizer import Tokenizer, as_tokenizer
+from dlmprompt.errors import CompileError, SpecError
+from dlmprompt.spec import Choice, FreeText, Grammar, Json, Prompt, Regex, Sampling, Slot, Text
+from dlmprompt.tokenizer import Tokenizer, as_tokenizer
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,7 +222,7 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
         n = part.length.tokens
         grammar = None
         if isinstance(part.constraint, Grammar) and constrained:
-            from .grammar import compile_grammar
+            from dlmprompt.constraints.grammar import compile_grammar
 
             if tok.pad_id is None:
                 raise CompileError(
@@ -280,7 +280,7 @@ def _lay_out_json(
     slots: list[SlotLayout],
 ) -> list[str]:
     """Append a JSON slot's template: anchors as fixed tokens, each hole as an "at most" span."""
-    from .schema import SchemaError, compile_schema
+    from dlmprompt.constraints.jsonschema import SchemaError, compile_schema
 
     c = part.constraint
     if tok.pad_id is None:
@@ -366,7 +366,7 @@ def _add_span(
 
 def _json_grammar(c: Json, tok: Tokenizer) -> Any:
     """llguidance's compact-JSON grammar for a JSON constraint, or the reason it cannot serve."""
-    from .jsongrammar import closed_objects, compile_json_grammar, ref_overrides_siblings
+    from dlmprompt.constraints.jsonschema.span import closed_objects, compile_json_grammar, ref_overrides_siblings
 
     if c.indent is not None:
         return "indented layouts are templates only"
@@ -384,7 +384,7 @@ def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool
     token automata accept that text). The second is the constraint the sampler enforces."""
     import re
 
-    from .schema import compile_schema, texts_for
+    from dlmprompt.constraints.jsonschema import compile_schema, texts_for
 
     span = next((j for j in program.json_slots if j.name == name), None)
     if span is None:
@@ -392,7 +392,7 @@ def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool
     c = span.constraint
     holes = [s for s in program.layout.slots if s.parent == name]
     if len(holes) == 1 and holes[0].grammar is not None:  # one context-free span
-        from .jsongrammar import accepts, orderings
+        from dlmprompt.constraints.jsonschema.span import accepts, orderings
 
         # the span writes keys in the schema's properties order: try the instance that way too
         for inst in [instance, *orderings(instance, c.json_schema)]:

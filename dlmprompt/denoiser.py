@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-    from .tokenizer import Tokenizer
+    from dlmprompt.tokenizer import Tokenizer
 
 
 @runtime_checkable

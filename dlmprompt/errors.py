@@ -48,6 +48,15 @@ class GrammarError(CompileError):
         super().__init__(text, slot=slot)
 
 
+class SchemaError(CompileError):
+    """A schema uses something the compiler does not support (or is not a valid schema)."""
+
+    def __init__(self, message: str, *, path: str = "", slot: str | None = None) -> None:
+        self.path = path or "/"
+        self.reason = message
+        super().__init__(f"at {self.path}: {message}", slot=slot)
+
+
 class TokenizerError(DLMPromptError, ValueError):
     """A tokenizer cannot be wrapped, or lacks an id the caller needs (mask, pad, EOS)."""
 

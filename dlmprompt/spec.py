@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import SpecError
+from dlmprompt.errors import SpecError
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -63,7 +63,7 @@ class Json(_Model):
     turned into theirs by :func:`slot`).
 
     The compiler lays the schema out as a template: fixed structure becomes anchors, each leaf
-    value its own constrained span (see :mod:`dlmprompt.schema`). ``indent``: ``None`` for
+    value its own constrained span (see :mod:`dlmprompt.constraints.jsonschema`). ``indent``: ``None`` for
     compact JSON, else spaces per level. ``additional_properties``: ``None`` follows the schema,
     ``False`` never writes properties the schema does not name. ``lenient`` approximates a few
     unsupported keywords instead of refusing them (listed in the compiled program's notes).
@@ -83,7 +83,7 @@ class Json(_Model):
 class Grammar(_Model):
     """The slot's text is a sentence of a Lark grammar (rule ``start``), in the Lark EBNF syntax of
     lark and llguidance. The slot is decoded left to right inside itself (other slots proceed in
-    parallel) and always closes within its length; see :mod:`dlmprompt.grammar`."""
+    parallel) and always closes within its length; see :mod:`dlmprompt.constraints.grammar`."""
 
     type: Literal["grammar"] = "grammar"
     lark: str

@@ -1,4 +1,4 @@
-"""Jinja2 prompt templates shipped in ``dlmprompt/templates``, rendered in a sandbox."""
+"""Jinja2 prompt templates shipped in ``templates/`` (installed as ``dlmprompt.templates``), rendered in a sandbox."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import SpecError
+from dlmprompt.errors import SpecError
 
 _ENV = ImmutableSandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
 
 
 def template_names() -> list[str]:
     """Names of the templates shipped with the package."""
-    root = resources.files("dlmprompt") / "templates"
+    root = resources.files("dlmprompt.templates")
     return sorted(p.name.removesuffix(".jinja") for p in root.iterdir() if p.name.endswith(".jinja"))
 
 
 def render(name: str, /, **variables: Any) -> str:
     """Render a shipped template (sandboxed: templates cannot reach Python internals)."""
-    root = resources.files("dlmprompt") / "templates"
+    root = resources.files("dlmprompt.templates")
     path = root / f"{name}.jinja"
     if not path.is_file():
         raise SpecError(f"no template {name!r}; templates are {template_names()}")
@@ -69,7 +69,7 @@ def chat_template_for(model: Any = None, template: str | None = None) -> tuple[s
     """(Jinja source, where it came from): ``template`` (a shipped name such as ``"chat_llada"`` or
     Jinja source), else the model tokenizer's own ``chat_template``, else the family's shipped
     template, else ``chat_plain``."""
-    root = resources.files("dlmprompt") / "templates"
+    root = resources.files("dlmprompt.templates")
     if template is not None:
         if "{{" in template or "{%" in template:
             return template, "the given template"
@@ -120,6 +120,6 @@ def chat(messages: Any, *, model: Any = None, template: str | None = None) -> An
     ``template=`` picks one by name or gives Jinja source. Special tokens in the rendered text
     (``<|im_start|>`` ...) become their special ids when the prompt compiles.
     """
-    from .spec import Prompt, Text
+    from dlmprompt.spec import Prompt, Text
 
     return Prompt(parts=(Text(text=render_chat(messages, model=model, template=template), prompt=True),))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .tokenizer import Tokenizer
+from dlmprompt.tokenizer import Tokenizer
 
 
 class RandomDenoiser:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
-from .errors import TokenizerError
+from dlmprompt.errors import TokenizerError
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, DiffusionGemmaConfig, DiffusionGemmaForB
 
 import dlmprompt
 from dlmprompt import Prompt, compile, generate, slot
-from dlmprompt.backends import default_model_path
+from dlmprompt.models.backends import default_model_path
 
 folder = tempfile.mkdtemp(prefix="tiny-diffusion-gemma-")
 tok = AutoTokenizer.from_pretrained(default_model_path())

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 import dlmprompt
 from dlmprompt import Prompt, slot
-from dlmprompt.server import background
+from dlmprompt.serving.server import background
 
 
 class Person(BaseModel):

@@ -50,7 +50,7 @@ def _numpy24_interpreter() -> None:
 def automata() -> list:  # type: ignore[type-arg]
     """Four regex automata (with pads) over a small byte tokenizer."""
     from dlmprompt import Tokenizer
-    from dlmprompt.automaton import regex_automaton
+    from dlmprompt.constraints.automaton import regex_automaton
 
     tok = Tokenizer.bytes_level(["ab", "12", "a1"])
     pats = [r"[a-z]+[0-9]{1,3}", r"(ab|a1)*x?", r"[0-9]+(\.[0-9]+)?", r"\"[A-Z][a-z]+( [A-Z][a-z]+)*\""]
@@ -61,7 +61,7 @@ def random_chains(rng: np.random.Generator, autos: list, max_len: int = 8) -> tu
     """1-5 chains of random automata and feasible lengths, each a valid partial canvas (a full
     valid assignment with about 60 % of it masked again), with random log class masses of the
     masked positions, a second (confidence) set and Gumbel noise."""
-    from dlmprompt.chain import run_chain
+    from dlmprompt.sampling.chain import run_chain
 
     chain_autos, committed = [], []
     for _ in range(int(rng.integers(1, 6))):
@@ -86,8 +86,8 @@ def check(device: torch.device, trials: int) -> int:
     """Random chains of four automata, partial canvases, greedy / sampling / mixed, with and
     without a separate confidence distribution: the kernel's classes and validity flags equal the
     torch version's, its class weights agree to 1e-9. Returns the number of cases checked."""
-    from dlmprompt import _tritonchain as tc
-    from dlmprompt import devicechain as dc
+    from dlmprompt.sampling import devicechain as dc
+    from dlmprompt.sampling import tritonchain as tc
 
     rng = np.random.default_rng(0)
     autos = automata()

@@ -8,8 +8,8 @@ from helpers import check_result
 
 import dlmprompt
 from dlmprompt import compile, generate
-from dlmprompt.backends import default_model_path
-from dlmprompt.records import FAMILIES, extraction_prompt
+from dlmprompt.models.backends import default_model_path
+from dlmprompt.models.records import FAMILIES, extraction_prompt
 
 
 def test_embedded_model_ships_in_the_package_and_loads() -> None:
@@ -28,7 +28,7 @@ def test_embedded_model_ships_in_the_package_and_loads() -> None:
 
 
 def test_training_script_runs_and_resumes(tmp_path) -> None:
-    from dlmprompt.train import train_default
+    from dlmprompt.models.train import train_default
 
     log = tmp_path / "log.txt"
     out = train_default(
@@ -44,7 +44,7 @@ def test_training_script_runs_and_resumes(tmp_path) -> None:
 
 
 def test_corpus_is_reproducible_and_held_out_differs() -> None:
-    from dlmprompt.train import make_records
+    from dlmprompt.models.train import make_records
 
     a, b, c = make_records(20, 0), make_records(20, 0), make_records(20, 1)
     assert a == b and a != c

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from dlmprompt import Prompt, Tokenizer, compile, generate, sample, slot
-from dlmprompt import devicechain as dc
-from dlmprompt.automaton import regex_automaton
-from dlmprompt.chain import run_chain
+from dlmprompt.constraints.automaton import regex_automaton
+from dlmprompt.sampling import devicechain as dc
+from dlmprompt.sampling.chain import run_chain
 from dlmprompt.testing import RandomDenoiser
 
 
@@ -109,7 +109,7 @@ def _prompts() -> list[Prompt]:
 def test_greedy_device_path_equals_host_path(byte_tok, monkeypatch, strategy) -> None:
     """At temperature 0 both paths are deterministic and run the same algorithm (max-product
     assignment, per-class best token, constrained confidences): the same canvases and step counts."""
-    from dlmprompt import devicepath
+    from dlmprompt.sampling import devicepath
 
     runs = []
     real_init = devicepath.DeviceRun.__init__
@@ -156,14 +156,14 @@ def test_step_events_rebuild_the_canvas_generate_reads_once(byte_tok, device_pat
 
 def test_rows_the_device_path_cannot_take_run_on_the_host(byte_tok, device_path, monkeypatch) -> None:
     """Grammar slots and confidence thresholds stay on the host path; a bad setting is named."""
-    from dlmprompt import devicepath
-    from dlmprompt.sampler import _Row
+    from dlmprompt.sampling import devicepath
+    from dlmprompt.sampling.rows import Row
 
     den = RandomDenoiser(byte_tok, seed=1)
     plain = compile(_prompts()[0], byte_tok)
     thresh = compile(_prompts()[0].with_sampling(threshold=0.5), byte_tok)
     gram = compile(Prompt("x=") + slot("g", grammar='start: "a"+ "b"', max_tokens=4), byte_tok)
-    rows = [_Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate([plain, thresh, gram])]
+    rows = [Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate([plain, thresh, gram])]
     assert [devicepath.eligible(den, [r]) for r in rows] == [True, False, False]
     monkeypatch.setenv("DLMPROMPT_SAMPLER", "gpu")
     with pytest.raises(ValueError, match=r"DLMPROMPT_SAMPLER='gpu'.*auto, device or host"):
@@ -173,7 +173,7 @@ def test_rows_the_device_path_cannot_take_run_on_the_host(byte_tok, device_path,
 
 
 def test_fused_triton_kernel_matches_the_torch_version_in_the_interpreter() -> None:
-    """The CUDA path's fused forward-backward kernel (``_tritonchain``), run by triton's CPU
+    """The CUDA path's fused forward-backward kernel (``dlmprompt.sampling.tritonchain``), run by triton's CPU
     interpreter: the same classes, validity flags and class weights as the torch loops, over
     sampling, greedy and mixed chains and chains with no valid completion. (tests/test_gpu.py
     runs the same check compiled, on CUDA.)"""
@@ -196,7 +196,7 @@ def test_batching_engine_steps_device_rows_like_generate(byte_tok, device_path) 
     """The server's engine admits rows between steps: device-path rows (their canvases stay on the
     device between engine iterations) and a grammar row (host path) in flight together. Each job
     gets what ``generate`` gives it alone, and its streamed steps replay into its result."""
-    from dlmprompt.engine import Engine
+    from dlmprompt.serving.engine import Engine
 
     den = RandomDenoiser(byte_tok, seed=2)
     progs = [compile(p.with_sampling(temperature=1.0), byte_tok) for p in _prompts()]
@@ -222,12 +222,13 @@ def test_a_step_that_fails_leaves_its_rows_as_they_were(byte_tok, device_path, m
     half fails after the host half committed hands the host rows' steps to the caller (the engine
     passes them on instead of stepping those rows twice)."""
     from dlmprompt import DLMPromptError
-    from dlmprompt.devicepath import DeviceRun
-    from dlmprompt.sampler import _Row, forward_step
+    from dlmprompt.sampling.devicepath import DeviceRun
+    from dlmprompt.sampling.rows import Row
+    from dlmprompt.sampling.sampler import forward_step
 
     den = RandomDenoiser(byte_tok, seed=4)
     prog = compile(_prompts()[0].with_sampling(temperature=1.0), byte_tok)
-    row = _Row(0, prog, torch.Generator().manual_seed(0))
+    row = Row(0, prog, torch.Generator().manual_seed(0))
     run = DeviceRun(den, [row])
     run.step([row])
     before = (row.device_state.canvas.clone(), row.device_state.left, row.steps, row.block, row.canvas.copy())
@@ -243,13 +244,13 @@ def test_a_step_that_fails_leaves_its_rows_as_they_were(byte_tok, device_path, m
     while not row.done:
         run.step([row])
     # the failed step drew nothing either: the row ends as it does without the failure
-    clean = _Row(0, prog, torch.Generator().manual_seed(0))
+    clean = Row(0, prog, torch.Generator().manual_seed(0))
     for _ in DeviceRun(den, [clean]).run(events=False):
         pass
     assert np.array_equal(row.canvas, clean.canvas)
 
     gram = compile(Prompt("x=") + slot("g", grammar='start: "a"+ "b"', max_tokens=4), byte_tok)
-    dev_row, host_row = _Row(0, prog, torch.Generator()), _Row(1, gram, torch.Generator())
+    dev_row, host_row = Row(0, prog, torch.Generator()), Row(1, gram, torch.Generator())
 
     def broken(self, rows, events=True):  # type: ignore[no-untyped-def]
         raise RuntimeError("device half failed")
@@ -272,5 +273,5 @@ def test_a_step_that_fails_leaves_its_rows_as_they_were(byte_tok, device_path, m
 
     shared.dlmprompt_steps = done  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="model down") as info:
-        forward_step(Down(), [_Row(0, prog, torch.Generator()), _Row(1, gram, torch.Generator())])
+        forward_step(Down(), [Row(0, prog, torch.Generator()), Row(1, gram, torch.Generator())])
     assert info.value.dlmprompt_steps == {}  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ def tiny_dg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def den(tiny_dg):
-    from dlmprompt.blockdiffusion import DiffusionGemmaDenoiser
+    from dlmprompt.models.blockdiffusion import DiffusionGemmaDenoiser
 
     d = dlmprompt.load(tiny_dg)
     assert isinstance(d, DiffusionGemmaDenoiser) and d.canvas_length == 8
@@ -90,7 +90,7 @@ def test_steps_stream_and_special_cases_are_refused(den) -> None:
 
 
 def test_the_batching_server_refuses_it_clearly(den) -> None:
-    from dlmprompt.engine import Engine
+    from dlmprompt.serving.engine import Engine
 
     with pytest.raises(BackendError, match="batching server does not drive"):
         Engine(den)

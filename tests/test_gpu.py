@@ -13,7 +13,7 @@ from helpers import MIXED_PROMPT, check_result
 
 import dlmprompt
 from dlmprompt import compile, generate
-from dlmprompt.records import FAMILIES, extraction_prompt
+from dlmprompt.models.records import FAMILIES, extraction_prompt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -100,8 +100,8 @@ def test_device_path_waits_for_nothing_between_steps() -> None:
     from torch import nn
 
     from dlmprompt import Prompt, Tokenizer, slot
-    from dlmprompt.devicepath import DeviceRun
-    from dlmprompt.sampler import _Row
+    from dlmprompt.sampling.devicepath import DeviceRun
+    from dlmprompt.sampling.rows import Row
 
     tok = Tokenizer.bytes_level(["ab", "12"])
 
@@ -140,7 +140,7 @@ def test_device_path_waits_for_nothing_between_steps() -> None:
         compile(prompt.with_sampling(temperature=0.0, strategy="margin"), tok),
     ]
     for mode in ("warn", "error"):  # the first run builds the plans and class tables (warns only)
-        rows = [_Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate(progs)]
+        rows = [Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate(progs)]
         run = DeviceRun(den, rows)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode(mode)

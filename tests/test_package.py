@@ -40,6 +40,37 @@ def test_wheel_ships_templates_and_py_typed(tmp_path) -> None:
     wheel = next(tmp_path.glob("dlmprompt-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "dlmprompt/py.typed" in names
-    assert "dlmprompt/templates/extraction.jinja" in names
+    # every module of the source tree, every shipped template (mapped from templates/ at the top of
+    # the repository) and the embedded model's files are inside
+    for f in (ROOT / "dlmprompt").rglob("*.py"):
+        assert f.relative_to(ROOT).as_posix() in names, f
+    templates = sorted((ROOT / "templates").glob("*.jinja"))
+    assert templates
+    for f in templates:
+        assert f"dlmprompt/templates/{f.name}" in names, f.name
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
-        assert f"dlmprompt/default_model/{f}" in names
+        assert f"dlmprompt/models/default_model/{f}" in names
+    # installed from the wheel alone, the package finds its templates and model through importlib.resources
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
+    probe = (
+        "import dlmprompt, sys; from dlmprompt.templating import template_names, render; "
+        "from dlmprompt.models.backends import default_model_path; "
+        "print(dlmprompt.__file__); print(default_model_path()); print(','.join(template_names())); "
+        "print(render('extraction', document='Ada.').count('Ada.'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    where, model, names_line, rendered = out.stdout.split("\n")[:4]
+    assert where.startswith(str(target)) and model.startswith(str(target))
+    assert set(names_line.split(",")) == {f.stem for f in templates}
+    assert rendered == "1"

@@ -142,7 +142,7 @@ def test_unknown_families_are_refused_clearly_and_diffusion_gemma_is_recognised(
     GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(tmp_path)
     with pytest.raises(BackendError, match="wrap it yourself"):
         dlmprompt.load(tmp_path)
-    from dlmprompt.backends import _family
+    from dlmprompt.models.backends import _family
 
     class Cfg:
         model_type = "diffusion_gemma"

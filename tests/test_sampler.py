@@ -138,8 +138,8 @@ def test_run_chains_draws_what_run_chain_draws_slot_by_slot() -> None:
     """The sampler's vectorised forward-backward over slots sharing an automaton gives the same
     classes and constrained weights as the per-slot reference, with committed tokens, pads,
     different slot lengths, sampling and greedy (max-product) modes."""
-    from dlmprompt.automaton import regex_automaton
-    from dlmprompt.chain import run_chain, run_chains
+    from dlmprompt.constraints.automaton import regex_automaton
+    from dlmprompt.sampling.chain import run_chain, run_chains
 
     tok = Tokenizer.bytes_level(["ab", "12", "a1"])
     rng = np.random.default_rng(0)

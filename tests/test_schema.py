@@ -20,9 +20,10 @@ from pydantic import BaseModel, Field
 
 from dlmprompt import Prompt, compile, slot
 from dlmprompt.compiler import json_accepts
+from dlmprompt.constraints.jsonschema import SchemaError, compile_schema, texts_for
+from dlmprompt.constraints.jsonschema.regexes import int_range
 from dlmprompt.errors import CompileError
-from dlmprompt.sampler import generate
-from dlmprompt.schema import SchemaError, _int_range, compile_schema, texts_for
+from dlmprompt.sampling.sampler import generate
 from dlmprompt.testing import RandomDenoiser
 
 SAMPLE = 60  # shared JSONSchemaBench files in the suite (the benchmark runs them all)
@@ -63,7 +64,7 @@ def _generate_valid(tok, schema, seeds=range(2), **kw):
     xs=st.lists(st.integers(-(10**8), 10**8), min_size=1, max_size=20),
 )
 def test_integer_ranges_are_exact(lo, hi, xs):
-    r = _int_range(lo, hi)
+    r = int_range(lo, hi)
     if lo is not None and hi is not None and lo > hi:
         assert r is None
         return

@@ -1,6 +1,6 @@
 """``dlmprompt serve``: the sampler behind HTTP, constraints kept.
 
-Two APIs over one batching :class:`~dlmprompt.engine.Engine`:
+Two APIs over one batching :class:`~dlmprompt.serving.engine.Engine`:
 
 * the native API, ``POST /v1/generate``: a :class:`~dlmprompt.spec.Prompt` as JSON in, the result
   with typed captures out; ``"stream": true`` sends one server-sent event per denoising step and a
@@ -31,12 +31,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .compiler import Program, compile
-from .engine import Engine, Job, QueueFull
-from .errors import DLMPromptError
-from .sampler import Result, Step
-from .spec import Json, Prompt, slot
-from .templating import render_chat
+from dlmprompt.compiler import Program, compile
+from dlmprompt.errors import DLMPromptError
+from dlmprompt.sampling.events import Result, Step
+from dlmprompt.serving.engine import Engine, Job, QueueFull
+from dlmprompt.spec import Json, Prompt, slot
+from dlmprompt.templating import render_chat
 
 
 @dataclass(frozen=True)
@@ -435,9 +435,9 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
     """The FastAPI app. ``denoiser`` defaults to the embedded model; ``options`` go to
     :class:`Server` (``model_name``, ``api_key``, ``limits``, ``max_batch``, ``max_queue``)."""
     if denoiser is None:
-        from .backends import load
+        from dlmprompt.models.backends import load_model
 
-        denoiser = load()
+        denoiser = load_model()
     server = Server(denoiser, **options)
 
     @asynccontextmanager
@@ -668,9 +668,9 @@ def serve(
     """Load a model and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    from .backends import load
+    from dlmprompt.models.backends import load_model
 
-    denoiser = load(model, device=device, trust_remote_code=trust_remote_code)
+    denoiser = load_model(model, device=device, trust_remote_code=trust_remote_code)
     name = "dlmprompt-default" if model is None else str(model)
     app = create_app(denoiser, model_name=name, api_key=api_key, max_batch=max_batch, max_queue=max_queue)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .automaton import TokenAutomaton
+from dlmprompt.constraints.automaton import TokenAutomaton
 
 NEG = float("-inf")
 
@@ -160,9 +160,9 @@ def _kernel(ch: Chains, device: torch.device) -> Any:
         return None
     if _KERNEL is None:
         try:
-            from . import _tritonchain
+            from dlmprompt.sampling import tritonchain
 
-            _KERNEL = _tritonchain
+            _KERNEL = tritonchain
         except Exception:  # no triton (or none that imports): the torch version serves
             _KERNEL = False
             return None
@@ -181,7 +181,7 @@ def run(
     where ``greedy`` is set), a bool [S] that is False where a chain had no valid completion, and
     the class weights [S, N, C1] of ``w_c`` (the same as ``w_s`` unless ``separate``).
 
-    On CUDA with triton installed, one fused kernel (``_tritonchain``) does it; else, or if that
+    On CUDA with triton installed, one fused kernel (``tritonchain``) does it; else, or if that
     kernel fails to build, the loops above."""
     global _KERNEL
     k = _kernel(ch, w_s.device)

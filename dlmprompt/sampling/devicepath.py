@@ -1,6 +1,6 @@
 """The sampler's device path: whole denoising steps as tensor work on the model's device.
 
-The host path (``sampler._Row.step_phases``) reads the model's class masses back to the host,
+The host path (``rows.Row.step_phases``) reads the model's class masses back to the host,
 runs the forward-backward pass in numpy and picks the positions to commit there: two
 transfers and a wait per step, while the GPU idles. This path keeps the canvas on the device and
 does every part of a step there: class masses, the forward-backward pass of every constrained
@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import devicechain as dc
-from .automaton import TokenAutomaton
-from .chain import FLOOR
-from .errors import DLMPromptError
-from .sampler import _check_logits, _classes, _clean, _Row
+from dlmprompt.constraints.automaton import TokenAutomaton
+from dlmprompt.errors import DLMPromptError
+from dlmprompt.sampling import devicechain as dc
+from dlmprompt.sampling.chain import FLOOR
+from dlmprompt.sampling.rows import Row, check_logits, clean_logits, token_classes
 
 _CHUNK = 1024  # positions of [chunk, V] temporaries at a time
 # class masses are float32 sums of exp(logit - best allowed logit + 60): no overflow (V e^60 is
@@ -309,9 +309,9 @@ def _plan(rows: Sequence[Any], width: int, device: torch.device) -> _Plan:
 
 def _gather(flat: torch.Tensor, rows: torch.Tensor, urows: torch.Tensor | None, scale: float, v: int) -> torch.Tensor:
     """Clean float32 logits of the given flat rows (classifier-free guidance applied)."""
-    lg = _clean(flat[rows, :v])
+    lg = clean_logits(flat[rows, :v])
     if urows is not None:
-        un = _clean(flat[urows, :v])
+        un = clean_logits(flat[urows, :v])
         lg = (un + (scale + 1.0) * (lg - un)).clamp_(-1e30, 1e30)
     return lg
 
@@ -390,7 +390,7 @@ class DeviceRun:
     # ------------------------------------------------------------------ loop
     def run(self, events: bool) -> Iterator[Any]:
         """Every step to the end; with ``events`` each step is read back and yielded as a
-        :class:`~dlmprompt.sampler.Step`, else nothing is read back until the rows' canvases, once."""
+        :class:`~dlmprompt.sampling.events.Step`, else nothing is read back until the rows' canvases, once."""
         yield from self.steps(events)
         if not events:
             self.finish()
@@ -406,7 +406,7 @@ class DeviceRun:
     def step(self, rows: Sequence[Any], events: bool = True) -> list[Any] | None:
         """One shared forward pass and one denoising step of ``rows``; their :class:`Step` events
         (one read-back for all of them) when ``events``, else None (nothing waits)."""
-        from .sampler import Step
+        from dlmprompt.sampling.events import Step
 
         states = [_RowState.of(r, self.device) for r in rows]
         ks = []
@@ -495,7 +495,7 @@ class DeviceRun:
             att_t = att_t.to(dev, non_blocking=True)
         with torch.no_grad():
             logits = self.denoiser(ids, att_t)
-        _check_logits(self.denoiser, logits, ids.shape[0], width, plan.v)
+        check_logits(self.denoiser, logits, ids.shape[0], width, plan.v)
         if logits.device != dev:  # a denoiser that hands its logits back elsewhere
             logits = logits.to(dev)
         with torch.no_grad():
@@ -531,7 +531,7 @@ class DeviceRun:
                 lgs = (lg / temp).clamp_(-3e38, 3e38)
                 lse_s = torch.logsumexp(lgs, dim=1)
             for seg in g.segments:
-                cls = _classes(seg.auto, dev)
+                cls = token_classes(seg.auto, dev)
                 part = slice(seg.lo, seg.hi)
                 lm = _log_mass(lg[part], lse[part], cls, seg.auto.trivial)
                 if not seg.chain:
@@ -542,7 +542,7 @@ class DeviceRun:
                 if not plan.separate:
                     continue
                 if temp == 0:
-                    lm_s = _Row._log_class_max(lg[part], lse[part], cls, seg.auto).clamp_(min=FLOOR)
+                    lm_s = Row.log_class_max(lg[part], lse[part], cls, seg.auto).clamp_(min=FLOOR)
                 elif tempered:
                     lm_s = _log_mass(lgs[part], lse_s[part], cls, False)
                 else:

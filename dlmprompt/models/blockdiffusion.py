@@ -11,7 +11,7 @@ A block ends early once its argmax is stable and its mean entropy under a thresh
 On a dlmprompt layout the text before the first slot is the prompt and blocks start at the
 first slot. Anchors inside a block sit on the canvas at every step and are never renoised. A
 constrained slot never takes a token its automaton forbids: its sampled tokens are one complete
-valid assignment drawn by the forward-backward pass of :mod:`dlmprompt.chain` (positions of later
+valid assignment drawn by the forward-backward pass of :mod:`dlmprompt.sampling.chain` (positions of later
 blocks count as free, so the slot always stays completable), and its block output is the most
 probable valid assignment (max-product) rather than the raw argmax. Positions without a
 constraint (``constraints=False``) follow the model exactly as transformers' ``generate`` does:
@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .automaton import UNCONSTRAINED
-from .chain import FLOOR, run_chains
-from .errors import BackendError
-from .sampler import Step, _classes, _clean, _gumbel, _Row, committed_classes
-from .tokenizer import Tokenizer
+from dlmprompt.constraints.automaton import UNCONSTRAINED
+from dlmprompt.errors import BackendError
+from dlmprompt.sampling.chain import FLOOR, run_chains
+from dlmprompt.sampling.events import Step
+from dlmprompt.sampling.rows import Row, clean_logits, committed_classes, gumbel, token_classes
+from dlmprompt.tokenizer import Tokenizer
 
 
 class DiffusionGemmaDenoiser:
@@ -96,12 +97,12 @@ class DiffusionGemmaDenoiser:
         return f"DiffusionGemmaDenoiser({self.name!r}, canvas_length={self.canvas_length}, {self.tokenizer!r})"
 
     # ------------------------------------------------------------------ the loop
-    def block_sample(self, rows: list[_Row]) -> Iterator[Step]:
+    def block_sample(self, rows: list[Row]) -> Iterator[Step]:
         """Steps of every row; rows whose prompt length, canvas length and steps per block match
         share forward passes (groups run one after another)."""
         for r in rows:
             _check_program(r)
-        groups: dict[tuple[int, int, int], list[_Row]] = {}
+        groups: dict[tuple[int, int, int], list[Row]] = {}
         for r in rows:
             steps = r.program.spec.sampling.steps or int(self.settings["max_denoising_steps"])
             groups.setdefault((_first_slot(r), len(r.canvas), steps), []).append(r)
@@ -109,7 +110,7 @@ class DiffusionGemmaDenoiser:
             yield from self._run_group(members, start, steps)
 
     @torch.no_grad()
-    def _run_group(self, rows: list[_Row], start: int, steps: int) -> Iterator[Step]:
+    def _run_group(self, rows: list[Row], start: int, steps: int) -> Iterator[Step]:
         from transformers import DynamicCache
 
         model, dev = self.model, self.device
@@ -150,7 +151,7 @@ class DiffusionGemmaDenoiser:
 
     def _denoise_block(
         self,
-        rows: list[_Row],
+        rows: list[Row],
         cur: int,
         steps: int,
         need: np.ndarray,
@@ -236,7 +237,7 @@ class DiffusionGemmaDenoiser:
 
     def _steps(
         self,
-        rows: list[_Row],
+        rows: list[Row],
         cur: int,
         inside: np.ndarray,
         fixed: np.ndarray,
@@ -268,7 +269,7 @@ class DiffusionGemmaDenoiser:
 
     def _constrain(
         self,
-        rows: list[_Row],
+        rows: list[Row],
         alive: np.ndarray,
         cur: int,
         pl: torch.Tensor,
@@ -289,23 +290,23 @@ class DiffusionGemmaDenoiser:
                 lo, hi = max(slot.start, cur), min(slot.stop, cur + c_len)
                 if lo >= hi or auto.description == UNCONSTRAINED:  # compiled with constraints=False
                     continue
-                cls = _classes(auto, dev)
+                cls = token_classes(auto, dev)
                 seg = r.canvas[slot.start : slot.stop]
                 committed = committed_classes(auto, seg, r.program.mask_id)
                 committed[lo - slot.start :] = -1  # this block and later ones are open
                 m = int((committed < 0).sum())
                 here = torch.arange(lo - cur, hi - cur, device=dev)
-                lg = _clean(pl[i, here, :v])
+                lg = clean_logits(pl[i, here, :v])
                 lse = torch.logsumexp(lg, dim=1)
                 both = torch.stack(
-                    [_Row._log_class_mass_exact(lg, lse, cls, auto), _Row._log_class_max(lg, lse, cls, auto)]
+                    [Row.log_class_mass_exact(lg, lse, cls, auto), Row.log_class_max(lg, lse, cls, auto)]
                 )
                 mass, cmax = both.cpu().numpy()  # one transfer
                 open_later = m - (hi - lo)  # positions of later blocks: every class equally possible
                 pad = np.zeros((open_later, auto.n_classes))
                 lp = np.maximum(np.concatenate([mass, pad]), FLOOR)
                 lp_max = np.maximum(np.concatenate([cmax, pad]), FLOOR)
-                noise = _gumbel((m, auto.n_classes), chain_gens[i]).numpy()
+                noise = gumbel((m, auto.n_classes), chain_gens[i]).numpy()
                 draw = run_chains(auto, [committed], lp, noise=noise, need_weights=False).classes[: hi - lo]
                 best = run_chains(auto, [committed], lp_max, noise=None, need_weights=False).classes[: hi - lo]
                 allowed = cls.token_class.unsqueeze(0)
@@ -333,12 +334,12 @@ def _device_generator(gen: torch.Generator, device: torch.device) -> torch.Gener
     return g
 
 
-def _first_slot(row: _Row) -> int:
+def _first_slot(row: Row) -> int:
     slots = np.nonzero(row.slot_of >= 0)[0]
     return int(slots[0]) if len(slots) else len(row.canvas)
 
 
-def _check_program(row: _Row) -> None:
+def _check_program(row: Row) -> None:
     prog = row.program
     for s in prog.layout.slots:
         if s.grammar is not None:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import CompileError
+from dlmprompt.errors import CompileError
 
 if TYPE_CHECKING:
-    from .tokenizer import Tokenizer
+    from dlmprompt.tokenizer import Tokenizer
 
 try:  # Python 3.11+
     import re._parser as _sre_parse  # type: ignore[import-not-found]

@@ -1,9 +1,9 @@
 """JSON values as one context-free span: the schema compiled by llguidance, decoded left to right.
 
-Used for a JSON slot when the template compiler (:mod:`dlmprompt.schema`) would refuse the schema
+Used for a JSON slot when the template compiler (:mod:`dlmprompt.constraints.jsonschema`) would refuse the schema
 or narrow it (drop values it cannot express exactly as regular languages): llguidance's JSON
 Schema grammar is exact on what it supports, so the slot accepts every valid instance in compact
-JSON and nothing else. The witness that keeps the span closable (see :mod:`dlmprompt.grammar`)
+JSON and nothing else. The witness that keeps the span closable (see :mod:`dlmprompt.constraints.grammar`)
 is a small instance built from the schema and checked by the matcher.
 """
 
@@ -14,9 +14,9 @@ import json
 import re
 from typing import Any
 
-from .grammar import CompiledGrammar, _llguidance, _min_string, ll_tokenizer
-from .schema import STANDARD_FORMATS
-from .tokenizer import Tokenizer
+from dlmprompt.constraints.grammar import CompiledGrammar, ll_tokenizer, load_llguidance, min_string
+from dlmprompt.constraints.jsonschema import STANDARD_FORMATS
+from dlmprompt.tokenizer import Tokenizer
 
 _FORMATS = {
     "date": "2000-01-01",
@@ -163,7 +163,7 @@ def _typed(t: str, schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
             return [_FORMATS[schema["format"]]]
         if "pattern" in schema:
             try:
-                s = _min_string(schema["pattern"])
+                s = min_string(schema["pattern"])
             except Exception:
                 return ["a" * max(n, 1)]
             return [s + "a" * max(0, n - len(s)), s]
@@ -202,7 +202,7 @@ def _typed(t: str, schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
 def compile_json_grammar(schema: Any, tok: Tokenizer, *, max_witness: int = 4096) -> CompiledGrammar | str:
     """llguidance's grammar for ``schema`` (compact JSON) with a checked witness; or the reason
     it cannot be used (a string)."""
-    ll = _llguidance()
+    ll = load_llguidance()
     lltok = ll_tokenizer(tok)
     for _ in range(16):
         try:

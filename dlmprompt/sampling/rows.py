@@ -1,109 +1,33 @@
-"""The denoising loop: one loop for every masked-diffusion denoiser, constrained exactly.
-
-``sample()`` yields one :class:`Step` per denoising step and row; ``generate()`` drains it into
-:class:`Result` objects. Several programs of different layouts share each forward pass (rows on
-the device path, ``devicepath.py``, share one pass and the other rows another); each row draws
-its randomness from its own generator, so a batch gives the same results as the same programs
-run one by one with the same generator.
-
-Per step and row: the model's distribution at every masked slot position is summed into token
-classes of the slot's automaton; a forward-backward pass over the slot (``chain.py``) samples one
-complete valid assignment and gives constrained marginals; the schedule commits the most
-confident candidates of the current block. Anchors are never candidates, never counted in a
-budget, and never masked except prompt anchors in the unconditional pass of classifier-free
-guidance.
-"""
+"""The state both sampler paths share: a :class:`Row` (one program being denoised, its canvas,
+generator, schedule and chains), the per-automaton token-class tensors, logits cleaning, Gumbel
+noise, per-row generators and the check of a denoiser's logits. The host loop (:mod:`.sampler`),
+the device path (:mod:`.devicepath`), the batching engine and block diffusion all build on it."""
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .automaton import TokenAutomaton
-from .chain import FLOOR, ChainResult, run_chains
-from .compiler import Program, SlotLayout, compile
-from .denoiser import describe
-from .errors import BackendError
-from .spec import Prompt
-from .strategies import make_remasking
+from dlmprompt.compiler import Program, SlotLayout
+from dlmprompt.constraints.automaton import TokenAutomaton
+from dlmprompt.denoiser import describe
+from dlmprompt.errors import BackendError
+from dlmprompt.sampling.chain import FLOOR, ChainResult, run_chains
+from dlmprompt.sampling.events import Capture, Result, Step
+from dlmprompt.sampling.remasking import make_remasking
 
 _CHUNK = 128  # rows of [chunk, V] temporaries at a time
+
+
 _DENSE_LIMIT = 1 << 24  # largest V * C class-indicator matrix kept per automaton and device
 
 
-@dataclass(frozen=True, eq=False)
-class Step:
-    """One denoising step of one row: the canvas after it, what it committed and how sure it was."""
-
-    row: int
-    index: int
-    canvas: np.ndarray
-    committed: np.ndarray  # canvas positions committed in this step
-    tokens: np.ndarray  # their token ids
-    confidences: np.ndarray  # constrained marginal probability of each committed token
-    forward_passes: int  # forward passes so far for this row
-
-
-@dataclass(frozen=True)
-class Capture:
-    """What a slot holds: its text, its value tokens (pad tail removed) and its canvas span."""
-
-    name: str
-    text: str
-    tokens: tuple[int, ...]
-    span: tuple[int, int]
-    constraint: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def value(self) -> Any:
-        """The typed value: for a JSON slot the parsed JSON, or the pydantic model instance when
-        the slot was made from a model in this process; otherwise the text."""
-        from .spec import Json, model_of
-
-        if not isinstance(self.constraint, Json):
-            return self.text
-        import json
-
-        data = json.loads(self.text)
-        model = model_of(self.constraint)
-        return data if model is None else model.model_validate(data)
-
-
-@dataclass(frozen=True, eq=False)
-class Result:
-    """The filled canvas of one program with per-slot captures and statistics."""
-
-    text: str
-    captures: dict[str, Capture]
-    canvas: np.ndarray
-    steps: int
-    forward_passes: int
-    program: Program = field(repr=False)
-
-    def __getitem__(self, name: str) -> str:
-        try:
-            return self.captures[name].text
-        except KeyError:
-            raise KeyError(f"no slot {name!r}; slots are {list(self.captures)}") from None
-
-    @property
-    def values(self) -> dict[str, str]:
-        return {k: c.text for k, c in self.captures.items()}
-
-    def value(self, name: str) -> Any:
-        """The typed value of a slot (parsed JSON / pydantic instance for a schema slot)."""
-        try:
-            return self.captures[name].value
-        except KeyError:
-            raise KeyError(f"no slot {name!r}; slots are {list(self.captures)}") from None
-
-
-class _Classes:
+class TokenClasses:
     """Per-automaton tensors on one device, built once."""
 
     def __init__(self, auto: TokenAutomaton, device: torch.device) -> None:
@@ -139,18 +63,20 @@ class _Classes:
 
 # the class-indicator matrices kept alive, oldest first, within a byte budget (a server may see
 # many schemas; each matrix is V x C)
-_ONEHOTS: list[tuple[weakref.ref[_Classes], torch.dtype, int]] = []
+_ONEHOTS: list[tuple[weakref.ref[TokenClasses], torch.dtype, int]] = []
+
+
 _ONEHOT_BUDGET = 1 << 30
 
 
-_CLASS_CACHE: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, _Classes]] = weakref.WeakKeyDictionary()
+_CLASS_CACHE: weakref.WeakKeyDictionary[TokenAutomaton, dict[str, TokenClasses]] = weakref.WeakKeyDictionary()
 
 
-def _classes(auto: TokenAutomaton, device: torch.device) -> _Classes:
+def token_classes(auto: TokenAutomaton, device: torch.device) -> TokenClasses:
     per_device = _CLASS_CACHE.setdefault(auto, {})
     hit = per_device.get(str(device))
     if hit is None:
-        hit = per_device[str(device)] = _Classes(auto, device)
+        hit = per_device[str(device)] = TokenClasses(auto, device)
     return hit
 
 
@@ -159,17 +85,17 @@ def committed_classes(auto: TokenAutomaton, seg: np.ndarray, mask_id: int) -> np
     return np.where(seg == mask_id, -1, auto.token_class[seg]).astype(np.int64)
 
 
-def _clean(lg: torch.Tensor) -> torch.Tensor:
+def clean_logits(lg: torch.Tensor) -> torch.Tensor:
     """Finite float32 logits: a model's -inf / nan must not break argmax within a class."""
     return torch.nan_to_num(lg.float(), nan=-1e30, posinf=1e30, neginf=-1e30).clamp_(-1e30, 1e30)
 
 
-def _gumbel(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+def gumbel(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     u = torch.rand(shape, generator=g, dtype=torch.float64)
     return -torch.log(-torch.log(u.clamp_(min=1e-300)))
 
 
-class _Row:
+class Row:
     def __init__(self, row: int, program: Program, generator: torch.Generator) -> None:
         self.row = row
         self.program = program
@@ -186,7 +112,7 @@ class _Row:
         self.device_state: Any = None  # devicepath._RowState once the row runs on the device path
         for s in program.layout.slots:
             if s.grammar is not None:
-                from .grammar import GrammarCursor
+                from dlmprompt.constraints.grammar import GrammarCursor
 
                 self.cursors[s.index] = GrammarCursor(s.grammar, s.start, s.stop, int(program.pad_id))  # type: ignore[arg-type]
 
@@ -205,7 +131,7 @@ class _Row:
     # ------------------------------------------------------------------ one step
     def step(self, logits: torch.Tensor) -> Step:
         """One denoising step of this row alone (``forward_step`` steps rows together)."""
-        return _drive([self.step_phases(logits)])[0]
+        return drive([self.step_phases(logits)])[0]
 
     def step_phases(self, logits: torch.Tensor) -> Generator[list[torch.Tensor], list[np.ndarray], Step]:
         """One denoising step as a generator. It yields what it needs, three times: the device
@@ -316,11 +242,11 @@ class _Row:
     def _grammar_step(
         self, cursor: Any, logits: torch.Tensor, v: int, temp: float, block_stop: int
     ) -> list[tuple[int, int, float]]:
-        lg = _clean(logits[cursor.pos : cursor.stop, :v])
+        lg = clean_logits(logits[cursor.pos : cursor.stop, :v])
         if temp > 0:
             lg = lg / temp
         logp = torch.log_softmax(lg.double(), dim=1).cpu().numpy()
-        noise = _gumbel((v,), self.gen).numpy() if temp > 0 else None
+        noise = gumbel((v,), self.gen).numpy() if temp > 0 else None
         return cursor.advance(logp, noise, block_stop)
 
     def _noise(self, shape: tuple[int, ...], dev: torch.device) -> torch.Tensor:
@@ -346,7 +272,7 @@ class _Row:
         then the tokens of all wanted positions in one pass."""
         auto = members[0][0].automaton
         dev = logits.device
-        cls = _classes(auto, dev)
+        cls = token_classes(auto, dev)
         c = auto.n_classes
         greedy = temp == 0
         two = temp > 0 and temp != 1.0  # tempered sampling distribution
@@ -360,14 +286,14 @@ class _Row:
         log_mass = torch.empty(len(pos), c, dtype=torch.float64, device=dev)
         log_mass_s = torch.empty(len(pos), c, dtype=torch.float64, device=dev) if separate else log_mass
         for i in range(0, len(pos), _CHUNK):
-            lg = _clean(logits[pos_t[i : i + _CHUNK], :v])
+            lg = clean_logits(logits[pos_t[i : i + _CHUNK], :v])
             lse[i : i + _CHUNK] = torch.logsumexp(lg, dim=1)
             log_mass[i : i + _CHUNK] = self._log_class_mass(lg, lse[i : i + _CHUNK], cls, auto)
             if two:
                 lgs = lg.double() / temp
                 log_mass_s[i : i + _CHUNK] = self._log_class_mass(lgs, torch.logsumexp(lgs, dim=1), cls, auto)
             elif separate:
-                log_mass_s[i : i + _CHUNK] = self._log_class_max(lg, lse[i : i + _CHUNK], cls, auto)
+                log_mass_s[i : i + _CHUNK] = self.log_class_max(lg, lse[i : i + _CHUNK], cls, auto)
         (host,) = yield [torch.stack([log_mass, log_mass_s]) if separate else log_mass[None]]
         if not auto.trivial:
             # a class whose every token underflowed: redo those rows in log space (rare; one more sync)
@@ -375,10 +301,10 @@ class _Row:
                 redo = np.nonzero(np.isneginf(host[k]).any(axis=1))[0]
                 if len(redo) == 0 or (k == 1 and not two):  # greedy class maxima never underflow
                     continue
-                lg = _clean(logits[pos_t[torch.from_numpy(redo).to(dev)], :v])
+                lg = clean_logits(logits[pos_t[torch.from_numpy(redo).to(dev)], :v])
                 if k == 1:
                     lg = lg.double() / temp
-                host[k][redo] = self._log_class_mass_exact(lg, torch.logsumexp(lg, dim=1), cls, auto).cpu().numpy()
+                host[k][redo] = self.log_class_mass_exact(lg, torch.logsumexp(lg, dim=1), cls, auto).cpu().numpy()
         log_mass_np = np.maximum(host[0], FLOOR)
         log_mass_s_np = np.maximum(host[-1], FLOOR)
         if auto.trivial:
@@ -392,7 +318,7 @@ class _Row:
                     auto,
                     committed,
                     log_mass_s_np,
-                    _gumbel((len(pos), c), self.gen).numpy() if temp > 0 else None,
+                    gumbel((len(pos), c), self.gen).numpy() if temp > 0 else None,
                     log_mass_np if separate else None,
                 )
             ]
@@ -408,7 +334,7 @@ class _Row:
             rows_t = wi_t[i : i + _CHUNK]
             ccls = cls_w[i : i + _CHUNK]
             lw = logw_w[i : i + _CHUNK]
-            lg = _clean(logits[pos_t[rows_t], :v])
+            lg = clean_logits(logits[pos_t[rows_t], :v])
             # clamped: at a tiny temperature a -1e30 logit must not become -inf (then argmax could
             # land on a forbidden token when every allowed one is that unlikely)
             pert = (lg / temp).clamp_(-3e38, 3e38) + self._noise(tuple(lg.shape), dev) if temp > 0 else lg
@@ -431,11 +357,11 @@ class _Row:
         )
 
     @staticmethod
-    def _log_class_mass(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
+    def _log_class_mass(lg: torch.Tensor, lse: torch.Tensor, cls: TokenClasses, auto: TokenAutomaton) -> torch.Tensor:
         """log of the probability summed over each class's tokens, [k, C] float64.
 
         In linear space: a class whose every token underflows comes out as -inf, and the caller
-        redoes such rows with :meth:`_log_class_mass_exact`, so a class the model dislikes by
+        redoes such rows with :meth:`log_class_mass_exact`, so a class the model dislikes by
         hundreds of nats keeps its true (tiny) relative weight."""
         p = torch.exp(lg - lse.unsqueeze(1))
         if auto.trivial:
@@ -450,7 +376,9 @@ class _Row:
         return torch.log(acc.double())
 
     @staticmethod
-    def _log_class_mass_exact(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
+    def log_class_mass_exact(
+        lg: torch.Tensor, lse: torch.Tensor, cls: TokenClasses, auto: TokenAutomaton
+    ) -> torch.Tensor:
         """:meth:`_log_class_mass` in log space (per-class maxima first): no class underflows."""
         idx = cls.index.unsqueeze(0).expand(lg.shape[0], -1)
         cmax = torch.full((lg.shape[0], auto.n_classes + 1), -torch.inf, dtype=lg.dtype, device=lg.device)
@@ -460,7 +388,7 @@ class _Row:
         return (torch.log(s) + cmax)[:, : auto.n_classes].double() - lse.double().unsqueeze(1)
 
     @staticmethod
-    def _log_class_max(lg: torch.Tensor, lse: torch.Tensor, cls: _Classes, auto: TokenAutomaton) -> torch.Tensor:
+    def log_class_max(lg: torch.Tensor, lse: torch.Tensor, cls: TokenClasses, auto: TokenAutomaton) -> torch.Tensor:
         """log-probability of each class's most likely token, [k, C] float64 (temperature 0)."""
         idx = cls.index.unsqueeze(0).expand(lg.shape[0], -1)
         cmax = torch.full((lg.shape[0], auto.n_classes + 1), -torch.inf, dtype=lg.dtype, device=lg.device)
@@ -582,7 +510,7 @@ def _fetch(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
-def _drive(
+def drive(
     phases: list[Generator[list[torch.Tensor], list[np.ndarray], Step]], results: list[Step | None] | None = None
 ) -> list[Step]:
     """Run rows' step generators in lockstep: each round, one transfer for all of them.
@@ -614,36 +542,7 @@ def _drive(
     return results  # type: ignore[return-value]
 
 
-def _as_programs(denoiser: Any, programs: Any) -> tuple[list[Program], bool]:
-    single = isinstance(programs, (Program, Prompt, dict, str))
-    items = [programs] if single else list(programs)
-    if not items:
-        raise ValueError("no program to run")
-    out: list[Program] = []
-    for p in items:
-        if isinstance(p, Program):
-            out.append(p)
-        else:
-            tok = getattr(denoiser, "tokenizer", None)
-            if tok is None:
-                raise BackendError(
-                    f"{describe(denoiser)} has no tokenizer to compile a prompt with; "
-                    "compile(prompt, tokenizer) first and pass the Program"
-                )
-            out.append(compile(p, tok))
-    if len({p.tokenizer.identity for p in out}) > 1:
-        raise BackendError("programs in one batch must be compiled with the same tokenizer (the model's)")
-    for p in out:
-        mid = getattr(denoiser, "mask_id", None)
-        if mid is not None and mid != p.mask_id:
-            raise BackendError(
-                f"the program was compiled with mask id {p.mask_id} but {describe(denoiser)} uses "
-                f"{mid}; compile with the model's own tokenizer"
-            )
-    return out, single
-
-
-def _generators(generator: Any, n: int) -> list[torch.Generator]:
+def row_generators(generator: Any, n: int) -> list[torch.Generator]:
     if generator is None:
         base = torch.Generator()
         base.seed()
@@ -659,54 +558,7 @@ def _generators(generator: Any, n: int) -> list[torch.Generator]:
     return gens
 
 
-def sample(
-    denoiser: Any,
-    programs: Program | Prompt | Sequence[Program | Prompt],
-    *,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-) -> Iterator[Step]:
-    """Denoise one program or several in shared forward passes (one for the rows on the device
-    path, one for the others), yielding a :class:`Step` per row and denoising step.
-
-    With one ``torch.Generator`` for several programs, each row gets its own generator seeded from
-    it in order, exactly as if the programs ran one after another with that generator.
-    """
-    if hasattr(denoiser, "remote_sample"):  # a dlmprompt server (dlmprompt.remote)
-        yield from denoiser.remote_sample(programs, generator)
-        return
-    progs, _ = _as_programs(denoiser, programs)
-    gens = _generators(generator, len(progs))
-    rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
-    yield from _run(denoiser, rows)
-
-
-def _run(denoiser: Any, rows: list[_Row], events: bool = True) -> Iterator[Step]:
-    """Every step of ``rows``; with ``events=False`` the device path may yield none (nothing is
-    read back per step), the rows still end filled."""
-    from . import devicepath
-
-    if hasattr(denoiser, "block_sample"):  # uniform-noise block diffusion (DiffusionGemma)
-        yield from denoiser.block_sample(rows)
-        return
-    # each row's path depends on its own program alone, so a batch gives what its rows give alone
-    on_device = [r for r in rows if devicepath.eligible(denoiser, [r])]
-    if on_device and not events:  # nothing read back until the end
-        yield from devicepath.DeviceRun(denoiser, on_device).run(events)
-        dev_ids = {id(r) for r in on_device}
-        rows = [r for r in rows if id(r) not in dev_ids]
-    if rows:  # step by step; forward_step sends device-path rows one way and the rest the other
-        yield from _loop(denoiser, rows)
-
-
-def _loop(denoiser: Any, rows: list[_Row]) -> Iterator[Step]:
-    while True:
-        active = [r for r in rows if not r.done]
-        if not active:
-            return
-        yield from forward_step(denoiser, active)
-
-
-def _check_logits(denoiser: Any, logits: Any, rows: int, width: int, v: int) -> None:
+def check_logits(denoiser: Any, logits: Any, rows: int, width: int, v: int) -> None:
     """A clear error for a denoiser that returns something other than logits ``[rows, width, >= v]``."""
     if not isinstance(logits, torch.Tensor):
         hint = " (a transformers model output: return its .logits)" if hasattr(logits, "logits") else ""
@@ -722,95 +574,3 @@ def _check_logits(denoiser: Any, logits: Any, rows: int, width: int, v: int) -> 
             f"{describe(denoiser)} scores {logits.shape[2]} tokens but the tokenizer has {v}; "
             "use the model's own tokenizer"
         )
-
-
-def forward_step(denoiser: Any, active: Sequence[_Row]) -> list[Step]:
-    """One shared forward pass over rows that may hold different programs (and CFG twins), then
-    one denoising step per row. The batching engine of the server calls this with whatever rows
-    are in flight. Rows on the device path share one pass and one read-back of their steps;
-    the other rows share another (see ``devicepath``)."""
-    from . import devicepath
-
-    on_device = [r for r in active if devicepath.eligible(denoiser, [r])]
-    dev_ids = {id(r) for r in on_device}
-    rest = [r for r in active if id(r) not in dev_ids]
-    finished: list[Step | None] = [None] * len(rest)  # host rows' steps as they complete
-    try:
-        host_steps = _host_forward_step(denoiser, rest, finished) if rest else []
-        dev_steps: list[Step] = []
-        if on_device:
-            dev_steps = devicepath.DeviceRun(denoiser, on_device).step(on_device) or []
-    except Exception as exc:
-        # which rows did step before the failure (set afresh on every failure), so that a caller
-        # retrying row by row (the engine) hands those steps out instead of stepping them again;
-        # a failed device step changes no row
-        exc.dlmprompt_steps = {id(r): st for r, st in zip(rest, finished) if st is not None}  # type: ignore[attr-defined]
-        raise
-    by_row = dict(zip(map(id, [*rest, *on_device]), [*host_steps, *dev_steps]))
-    return [by_row[id(r)] for r in active]
-
-
-def _host_forward_step(denoiser: Any, active: Sequence[_Row], finished: list[Step | None] | None = None) -> list[Step]:
-    seqs: list[np.ndarray] = []
-    owners: list[tuple[_Row, bool]] = []
-    for r in active:
-        seqs.append(r.canvas)
-        owners.append((r, False))
-        r.passes += 1
-        if r.sched.cfg_scale > 0:
-            seqs.append(r.uncond_canvas())
-            owners.append((r, True))
-            r.passes += 1
-    width = max(len(s) for s in seqs)
-    first = active[0].program
-    pad = first.pad_id if first.pad_id is not None else 0
-    ids = np.full((len(seqs), width), pad, dtype=np.int64)
-    att = np.zeros((len(seqs), width), dtype=bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        att[i, : len(s)] = True
-    device = getattr(denoiser, "device", None)
-    ids_t = torch.from_numpy(ids)
-    att_t = torch.from_numpy(att)
-    if device is not None:
-        ids_t = ids_t.to(device)
-        att_t = att_t.to(device)
-    with torch.no_grad():
-        logits = denoiser(ids_t, att_t)
-    _check_logits(denoiser, logits, len(seqs), width, first.tokenizer.vocab_size)
-    by_row: dict[int, list[torch.Tensor]] = {}
-    for i, (r, _uncond) in enumerate(owners):
-        by_row.setdefault(id(r), []).append(logits[i, : len(r.canvas)])
-    phases = []
-    for r in active:
-        parts = by_row[id(r)]
-        lg = parts[0]
-        if len(parts) == 2:
-            s = r.sched.cfg_scale
-            un = parts[1].float()
-            lg = un + (s + 1.0) * (lg.float() - un)
-        phases.append(r.step_phases(lg))
-    return _drive(phases, finished)
-
-
-def generate(
-    denoiser: Any,
-    programs: Program | Prompt | Sequence[Program | Prompt],
-    *,
-    generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    on_step: Callable[[Step], None] | None = None,
-) -> Any:
-    """Run :func:`sample` to the end. Returns a :class:`Result`, or a list for several programs.
-
-    ``on_step`` is called with every :class:`Step` (a progress bar, a live view).
-    """
-    if hasattr(denoiser, "remote_generate"):  # a dlmprompt server (dlmprompt.remote)
-        return denoiser.remote_generate(programs, generator, on_step)
-    progs, single = _as_programs(denoiser, programs)
-    gens = _generators(generator, len(progs))
-    rows = [_Row(i, p, g) for i, (p, g) in enumerate(zip(progs, gens))]
-    for step in _run(denoiser, rows, events=on_step is not None):
-        if on_step is not None:
-            on_step(step)
-    results = [r.result() for r in rows]
-    return results[0] if single else results

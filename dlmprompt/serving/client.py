@@ -1,7 +1,7 @@
 """Clients for a ``dlmprompt serve`` server, and a remote backend that runs like a local model.
 
 ``Client`` / ``AsyncClient`` speak the native API (``/v1/generate``): they send a
-:class:`~dlmprompt.spec.Prompt` and get back a :class:`~dlmprompt.sampler.Result` whose captures
+:class:`~dlmprompt.spec.Prompt` and get back a :class:`~dlmprompt.sampling.events.Result` whose captures
 keep their constraints (``result.value("person")`` is the pydantic instance again). Requests
 answered 429 or 503 are retried with exponential backoff (honouring ``Retry-After``).
 
@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import numpy as np
 
-from .compiler import Program
-from .errors import BackendError, DLMPromptError
-from .spec import Prompt
+from dlmprompt.compiler import Program
+from dlmprompt.errors import BackendError, DLMPromptError
+from dlmprompt.spec import Prompt
 
 
 class RemoteError(DLMPromptError):
@@ -67,7 +67,7 @@ def _delay(resp: httpx.Response, attempt: int, backoff: float) -> float:
 
 
 def _result(prompt: Prompt, data: dict[str, Any]) -> Any:
-    from .sampler import Capture, Result
+    from dlmprompt.sampling.events import Capture, Result
 
     constraints = {s.name: s.constraint for s in prompt.slots}
     caps = {
@@ -91,7 +91,7 @@ def _result(prompt: Prompt, data: dict[str, Any]) -> Any:
 
 
 def _step(row: int, data: dict[str, Any]) -> Any:
-    from .sampler import Step
+    from dlmprompt.sampling.events import Step
 
     return Step(
         row=row,
@@ -156,13 +156,13 @@ class Client:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def generate(self, prompt: Prompt | Program, *, seed: int | None = None) -> Any:
-        """Run one prompt on the server; returns a :class:`~dlmprompt.sampler.Result`."""
+        """Run one prompt on the server; returns a :class:`~dlmprompt.sampling.events.Result`."""
         p = _as_prompt(prompt)
         return _result(p, self._post("/v1/generate", _body(p, seed, False)).json())
 
     def stream(self, prompt: Prompt | Program, *, seed: int | None = None) -> Iterator[Any]:
-        """Yield a :class:`~dlmprompt.sampler.Step` per denoising step, then the
-        :class:`~dlmprompt.sampler.Result`."""
+        """Yield a :class:`~dlmprompt.sampling.events.Step` per denoising step, then the
+        :class:`~dlmprompt.sampling.events.Result`."""
         p = _as_prompt(prompt)
         with self.http.stream("POST", "/v1/generate", json=_body(p, seed, True)) as resp:
             if resp.status_code >= 400:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .automaton import TokenAutomaton
-from .errors import DLMPromptError
+from dlmprompt.constraints.automaton import TokenAutomaton
+from dlmprompt.errors import DLMPromptError
 
 NEG = -np.inf
 # log mass of a class whose probability is exactly zero (a model's -inf logits): the constraint

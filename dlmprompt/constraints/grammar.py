@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CompileError, GrammarError
-from .tokenizer import Tokenizer
+from dlmprompt.errors import CompileError, GrammarError
+from dlmprompt.tokenizer import Tokenizer
 
 try:  # Python 3.11+: the regex parser moved; the old module names warn
     import re._constants as sre_constants  # type: ignore[import-not-found]
@@ -39,7 +39,7 @@ MAX_GRAMMAR_CHARS = 200_000
 _LL_TOKENIZERS: weakref.WeakKeyDictionary[Tokenizer, Any] = weakref.WeakKeyDictionary()
 
 
-def _llguidance() -> Any:
+def load_llguidance() -> Any:
     try:
         import llguidance
     except ImportError:  # pragma: no cover - a declared dependency
@@ -68,7 +68,7 @@ def ll_tokenizer(tok: Tokenizer) -> Any:
     """llguidance's view of a :class:`Tokenizer` (built once per tokenizer)."""
     hit = _LL_TOKENIZERS.get(tok)
     if hit is None:
-        ll = _llguidance()
+        ll = load_llguidance()
         hit = _LL_TOKENIZERS[tok] = ll.LLTokenizer(ll.TokenizerWrapper(_TokenizerView(tok)))
     return hit
 
@@ -81,7 +81,7 @@ class CompiledGrammar:
     tokenizer: Tokenizer
 
     def matcher(self) -> Any:
-        ll = _llguidance()
+        ll = load_llguidance()
         m = ll.LLMatcher(ll_tokenizer(self.tokenizer), self.ll_grammar, log_level=0)
         if m.is_error():  # pragma: no cover - validated at compile time
             raise CompileError(f"grammar: {m.get_error()}")
@@ -130,7 +130,7 @@ def compile_grammar(text: str, tok: Tokenizer, max_tokens: int, *, slot: str | N
     if len(text) > MAX_GRAMMAR_CHARS:
         raise GrammarError(f"grammar of {len(text)} characters; the limit is {MAX_GRAMMAR_CHARS}", slot=slot)
     parser = _lark_parser(text, slot)
-    ll = _llguidance()
+    ll = load_llguidance()
     try:
         spec = ll.LLMatcher.grammar_from_lark(text)
         error = ll.LLMatcher.validate_grammar(spec, ll_tokenizer(tok))
@@ -149,7 +149,7 @@ def compile_grammar(text: str, tok: Tokenizer, max_tokens: int, *, slot: str | N
 
 
 # ---------------------------------------------------------------------------------------------- the witness
-def _min_string(pattern: str, flags: int = 0) -> str:
+def min_string(pattern: str, flags: int = 0) -> str:
     """A shortest string matching a (lark terminal) regex."""
 
     def walk(items: Any) -> str:
@@ -210,7 +210,7 @@ def _shortest_terminals(parser: Any) -> list[str]:
     tstr: dict[str, str] = {}
     for name, t in terms.items():
         p = t.pattern
-        tstr[name] = p.value if type(p).__name__ == "PatternStr" else _min_string(p.value, _flags(p))
+        tstr[name] = p.value if type(p).__name__ == "PatternStr" else min_string(p.value, _flags(p))
     best: dict[str, tuple[int, list[Any]]] = {}
     rules = parser.rules
     changed = True
@@ -259,7 +259,7 @@ def _witness(parser: Any, spec: str, tok: Tokenizer, slot: str | None) -> list[i
         pieces = _shortest_terminals(parser)
     except (ValueError, KeyError, StopIteration, RecursionError) as exc:
         raise CompileError(f"cannot find a sentence of the grammar: {exc}", slot=slot) from None
-    ll = _llguidance()
+    ll = load_llguidance()
     for sep in ("", " ", "\n"):
         ids = tok.encode(sep.join(pieces))
         m = ll.LLMatcher(ll_tokenizer(tok), spec, log_level=0)

@@ -1,6 +1,6 @@
 """Typed record families and the extraction prompt the SDK builds for them.
 
-The embedded default model is trained on exactly these layouts (``dlmprompt.train``), the demo
+The embedded default model is trained on exactly these layouts (``dlmprompt.models.train``), the demo
 uses them, and ``benchmarks/default_model_quality.py`` measures them. No torch here.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .spec import Prompt, slot
+from dlmprompt.spec import Prompt, slot
 
 
 @dataclass(frozen=True)

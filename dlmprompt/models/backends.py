@@ -1,7 +1,7 @@
 """Model backends: transformers checkpoints as :class:`~dlmprompt.denoiser.Denoiser` objects.
 
-``load()`` with no argument returns the embedded default model (shipped in the package, loaded
-with ``from_pretrained`` like any checkpoint); ``load(path)`` loads a local checkpoint folder;
+``load_model()`` with no argument returns the embedded default model (shipped in the package, loaded
+with ``from_pretrained`` like any checkpoint); ``load_model(path)`` loads a local checkpoint folder;
 ``from_transformers(model, tokenizer)`` wraps objects you already have.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .errors import BackendError
-from .tokenizer import Tokenizer
+from dlmprompt.errors import BackendError
+from dlmprompt.tokenizer import Tokenizer
 
 
 class TransformersDenoiser:
@@ -64,7 +64,7 @@ class TransformersDenoiser:
 
 def default_model_path() -> Path:
     """The folder of the embedded default model inside the installed package."""
-    return Path(str(resources.files("dlmprompt") / "default_model"))
+    return Path(str(resources.files("dlmprompt.models") / "default_model"))
 
 
 def from_transformers(model: Any, tokenizer: Any, **ids: int) -> TransformersDenoiser:
@@ -73,7 +73,7 @@ def from_transformers(model: Any, tokenizer: Any, **ids: int) -> TransformersDen
     override."""
     family, shift = _family(model.config)
     if family == "diffusion_gemma":
-        from .blockdiffusion import DiffusionGemmaDenoiser, diffusion_gemma_tokenizer
+        from dlmprompt.models.blockdiffusion import DiffusionGemmaDenoiser, diffusion_gemma_tokenizer
 
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else diffusion_gemma_tokenizer(tokenizer, model, ids)
         return DiffusionGemmaDenoiser(model, tok)  # type: ignore[return-value]
@@ -116,23 +116,19 @@ def _family(config: Any) -> tuple[str, bool]:
     )
 
 
-def load(
+def load_model(
     name_or_path: str | Path | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
 ) -> TransformersDenoiser:
-    """Load a denoiser: the embedded default model (no argument), a local checkpoint folder, or a
-    ``dlmprompt serve`` server by URL (``http://host:port``, a :class:`~dlmprompt.client.RemoteBackend`).
+    """Load a checkpoint as a denoiser: the embedded default model (no argument) or a local
+    checkpoint folder. :func:`dlmprompt.load` also takes a server URL.
 
     The family (masked LM, LLaDA-style, Dream-style, DiffusionGemma) is read from the config. LLaDA and Dream
     ship their model code with the checkpoint: pass ``trust_remote_code=True`` to run it.
     """
-    if isinstance(name_or_path, str) and name_or_path.startswith(("http://", "https://")):
-        from .client import remote
-
-        return remote(name_or_path)  # type: ignore[return-value]
     path = default_model_path() if name_or_path is None else Path(name_or_path)
     if not (path / "config.json").is_file():
         if name_or_path is None:
@@ -169,7 +165,7 @@ def load(
         model = model.to(device)
     hf_tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if family == "diffusion_gemma":
-        from .blockdiffusion import DiffusionGemmaDenoiser, diffusion_gemma_tokenizer
+        from dlmprompt.models.blockdiffusion import DiffusionGemmaDenoiser, diffusion_gemma_tokenizer
 
         return DiffusionGemmaDenoiser(  # type: ignore[return-value]
             model, diffusion_gemma_tokenizer(hf_tok, model, {}), name=str(path)

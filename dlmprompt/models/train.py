@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .records import FAMILIES, extraction_prompt, free_json_prompt, render_json
+from dlmprompt.models.records import FAMILIES, extraction_prompt, free_json_prompt, render_json
 
 SPECIALS = ["[MASK]", "[PAD]", "[EOS]", "[BOS]"]
 CANVAS = 128
@@ -210,7 +210,7 @@ class Example:
 
 def record_example(rec: dict[str, Any], tok: Any, *, free_json: bool) -> Example | None:
     """The canvas the SDK builds for this record, its slots filled with the true values + pad."""
-    from .compiler import compile
+    from dlmprompt.compiler import compile
 
     family, text, values = rec["family"], rec["text"], rec["values"]
     if free_json:
@@ -362,7 +362,7 @@ def train_default(
             with open(log_file, "a") as f:
                 f.write(msg + "\n")
 
-    from .tokenizer import Tokenizer
+    from dlmprompt.tokenizer import Tokenizer
 
     tok_path = out / "tokenizer.json"
     if not tok_path.exists() and init_from is not None:

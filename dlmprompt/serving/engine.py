@@ -3,7 +3,7 @@
 An :class:`Engine` owns a denoiser and one worker thread. :meth:`Engine.submit` queues a compiled
 program and returns a :class:`Job` at once; the worker admits queued jobs between denoising steps
 (up to ``max_batch`` rows), runs one forward pass over every row in flight with
-:func:`dlmprompt.sampler.forward_step`, hands each job its :class:`~dlmprompt.sampler.Step` and
+:func:`dlmprompt.sampling.sampler.forward_step`, hands each job its :class:`~dlmprompt.sampling.events.Step` and
 finishes the jobs whose canvases are full. A job's result is the same as ``generate(denoiser,
 program, generator=torch.Generator().manual_seed(seed))`` run alone (up to float rounding of padded
 batches).
@@ -24,9 +24,11 @@ from typing import Any
 
 import torch
 
-from .compiler import Program
-from .errors import DLMPromptError
-from .sampler import Result, Step, _generators, _Row, forward_step
+from dlmprompt.compiler import Program
+from dlmprompt.errors import DLMPromptError
+from dlmprompt.sampling.events import Result, Step
+from dlmprompt.sampling.rows import Row, row_generators
+from dlmprompt.sampling.sampler import forward_step
 
 
 class QueueFull(DLMPromptError):
@@ -44,7 +46,7 @@ class Job:
     on_step: Callable[[Step], None] | None = None
     future: Future[Result] = field(default_factory=Future)
     cancelled: bool = False
-    row: _Row | None = None
+    row: Row | None = None
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -78,7 +80,7 @@ class Engine:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
         if hasattr(denoiser, "block_sample"):
-            from .errors import BackendError
+            from dlmprompt.errors import BackendError
 
             raise BackendError(
                 f"{type(denoiser).__name__} decodes block by block with its own loop, which the batching "
@@ -135,8 +137,8 @@ class Engine:
             if job.cancelled:
                 self._finish_cancelled(job)
                 continue
-            gen = _generators(None if job.seed is None else torch.Generator().manual_seed(job.seed), 1)[0]
-            job.row = _Row(0, job.program, gen)
+            gen = row_generators(None if job.seed is None else torch.Generator().manual_seed(job.seed), 1)[0]
+            job.row = Row(0, job.program, gen)
             if job.row.done:  # nothing to fill
                 job.future.set_result(job.row.result())
                 self.stats.finished += 1
