@@ -75,7 +75,9 @@ def _imports(module: str) -> list[tuple[str, str, int]]:
 def test_every_layer_imports() -> None:
     for name in ("constraints", "constraints.jsonschema", "sampling", "models", "serving", "integrations"):
         mod = importlib.import_module(f"dlmprompt.{name}")
-        assert mod.__doc__ and "import" in mod.__doc__.lower(), f"dlmprompt.{name} needs a docstring saying what it may import"
+        assert mod.__doc__ and "import" in mod.__doc__.lower(), (
+            f"dlmprompt.{name} needs a docstring saying what it may import"
+        )
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
