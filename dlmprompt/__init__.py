@@ -15,8 +15,10 @@ from dlmprompt.errors import (
     DLMPromptError,
     GrammarError,
     SpecError,
+    TemplateError,
     TokenizerError,
 )
+from dlmprompt.prompt_template import Template, Variable, template
 from dlmprompt.spec import Choice, FreeText, Grammar, Guidance, Json, Length, Prompt, Regex, Sampling, Slot, Text, slot
 from dlmprompt.templating import chat, render_chat
 from dlmprompt.tokenizer import Tokenizer
@@ -88,9 +90,12 @@ __all__ = [
     "SlotLayout",
     "SpecError",
     "Step",
+    "Template",
+    "TemplateError",
     "Text",
     "Tokenizer",
     "TokenizerError",
+    "Variable",
     "chat",
     "compile",
     "compile_schema",
@@ -101,4 +106,5 @@ __all__ = [
     "render_chat",
     "sample",
     "slot",
+    "template",
 ]

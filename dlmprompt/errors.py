@@ -15,6 +15,18 @@ class SpecError(DLMPromptError, ValueError):
     """A prompt spec is malformed (bad slot name, duplicate names, bad length, ...)."""
 
 
+class TemplateError(SpecError):
+    """A prompt template cannot be read or rendered: names the template, the line (when known)
+    and what to change."""
+
+    def __init__(self, message: str, *, template: str = "<string>", line: int | None = None) -> None:
+        self.template = template
+        self.line = line
+        self.reason = message
+        where = f"template {template!r}" + (f", line {line}" if line else "")
+        super().__init__(f"{where}: {message}")
+
+
 class CompileError(DLMPromptError, ValueError):
     """A valid spec cannot be compiled for this tokenizer.
 

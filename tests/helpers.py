@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import jsonschema
 import lark
 import numpy as np
 
-from dlmprompt import Choice, FreeText, Grammar, Program, Prompt, Regex, slot
+from dlmprompt import Choice, FreeText, Grammar, Json, Program, Prompt, Regex, slot
 
 # anchors, a regex slot, a choice slot and free text: what every backend test generates
 MIXED_PROMPT = (
@@ -30,6 +32,8 @@ def check_result(program: Program, result) -> None:
     assert not (canvas == program.mask_id).any(), "a mask token is left on the canvas"
     tok = program.tokenizer
     for s in layout.slots:
+        if s.parent is not None:  # a value span of a JSON slot: the whole value is checked below
+            continue
         seg = canvas[s.start : s.stop].tolist()
         cap = result.captures[s.name]
         if s.mode == "at_most":
@@ -53,6 +57,9 @@ def check_result(program: Program, result) -> None:
         else:
             assert isinstance(c, FreeText)
         assert cap.text == text
+    for cap in result.captures.values():
+        if isinstance(cap.constraint, Json):  # valid under its schema, by jsonschema itself
+            jsonschema.validate(json.loads(cap.text), cap.constraint.json_schema)
 
 
 _PARSERS: dict[str, lark.Lark] = {}
