@@ -123,6 +123,15 @@ def _body(prompt: Prompt, seed: int | None, stream: bool) -> dict[str, Any]:
     return {"prompt": prompt.model_dump(mode="json", by_alias=True), "seed": seed, "stream": stream}
 
 
+def _template_body(template: str, variables: dict[str, Any] | None, seed: int | None) -> dict[str, Any]:
+    return {"template": template, "variables": variables or {}, "seed": seed}
+
+
+def _filled(data: dict[str, Any]) -> Any:
+    """The result of a template request: the server sends the prompt it rendered beside it."""
+    return _result(Prompt.model_validate(data["prompt"]), data)
+
+
 class Client:
     """A synchronous client for the native API."""
 
@@ -159,6 +168,17 @@ class Client:
         """Run one prompt on the server; returns a :class:`~dlmprompt.sampling.events.Result`."""
         p = _as_prompt(prompt)
         return _result(p, self._post("/v1/generate", _body(p, seed, False)).json())
+
+    def fill(self, template: str, variables: dict[str, Any] | None = None, *, seed: int | None = None) -> Any:
+        """Render a template on the server (a shipped one, or one of its ``--templates`` folder) with
+        ``variables`` (JSON values) and run it; returns a :class:`~dlmprompt.sampling.events.Result`."""
+        return _filled(self._post("/v1/generate", _template_body(template, variables, seed)).json())
+
+    def templates(self) -> list[dict[str, Any]]:
+        """The templates the server renders: name, description, variables, example."""
+        resp = self.http.get("/v1/templates")
+        _raise_for(resp)
+        return resp.json()["data"]
 
     def stream(self, prompt: Prompt | Program, *, seed: int | None = None) -> Iterator[Any]:
         """Yield a :class:`~dlmprompt.sampling.events.Step` per denoising step, then the
@@ -231,6 +251,9 @@ class AsyncClient:
     async def generate(self, prompt: Prompt | Program, *, seed: int | None = None) -> Any:
         p = _as_prompt(prompt)
         return _result(p, (await self._post("/v1/generate", _body(p, seed, False))).json())
+
+    async def fill(self, template: str, variables: dict[str, Any] | None = None, *, seed: int | None = None) -> Any:
+        return _filled((await self._post("/v1/generate", _template_body(template, variables, seed))).json())
 
     async def stream(self, prompt: Prompt | Program, *, seed: int | None = None) -> AsyncIterator[Any]:
         p = _as_prompt(prompt)

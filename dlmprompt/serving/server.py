@@ -20,10 +20,12 @@ import asyncio
 import codecs
 import hmac
 import json
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from fastapi import FastAPI, Request
@@ -70,7 +72,12 @@ class _Req(BaseModel):
 
 
 class GenerateRequest(_Req):
-    prompt: Prompt
+    # one of: a prompt spec, a template by name (shipped, or in the server's --templates folder),
+    # or template source (only with --allow-template-source)
+    prompt: Prompt | None = None
+    template: str | None = Field(default=None, max_length=128)
+    template_source: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = None
     stream: bool = False
 
@@ -145,8 +152,12 @@ class Server:
         limits: Limits | None = None,
         max_batch: int = 32,
         max_queue: int = 128,
+        templates_dir: str | None = None,
+        allow_template_source: bool = False,
     ) -> None:
         self.denoiser = denoiser
+        self.templates_dir = templates_dir
+        self.allow_template_source = allow_template_source
         self.tokenizer = denoiser.tokenizer
         self.model_name = model_name
         self.api_key = api_key
@@ -182,6 +193,55 @@ class Server:
             raise APIError(
                 400, f"steps={prompt.sampling.steps}; this server allows at most {lim.max_steps}", code="too_many_steps"
             )
+
+    # ------------------------------------------------------------------ templates
+    def template(self, name: str) -> Any:
+        """A template by name: the server's folder first (``--templates DIR``), then the shipped ones."""
+        from dlmprompt.prompt_template import load_template, template
+
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or ".." in name:
+            raise APIError(400, f"template {name[:40]!r}: a template name is letters, digits, '_', '-' and '.'")
+        try:
+            if self.templates_dir is not None and (Path(self.templates_dir) / f"{name}.jinja").is_file():
+                return load_template(name, folder=self.templates_dir)
+            return template(name)
+        except DLMPromptError as exc:
+            raise APIError(404, str(exc), code="template_not_found") from None
+
+    def template_names(self) -> list[str]:
+        from dlmprompt.prompt_template import template_names
+
+        names = set(template_names())
+        if self.templates_dir is not None:
+            names |= {p.stem for p in Path(self.templates_dir).glob("*.jinja")}
+        return sorted(names)
+
+    async def prompt_of(self, req: GenerateRequest) -> Prompt:
+        """The request's prompt: given, or rendered from its template (in a worker thread)."""
+        given = [k for k in ("prompt", "template", "template_source") if getattr(req, k) is not None]
+        if len(given) != 1:
+            raise APIError(400, f"give one of prompt, template or template_source; got {given or 'none'}")
+        if req.prompt is not None:
+            if req.variables:
+                raise APIError(400, "variables go with a template, not with a prompt")
+            return req.prompt
+        if req.template_source is not None and not self.allow_template_source:
+            raise APIError(
+                403,
+                "this server renders only its own templates; start it with --allow-template-source to take "
+                "template source from requests",
+                code="template_source_not_allowed",
+            )
+        from dlmprompt.prompt_template import Template
+
+        try:
+            if req.template_source is not None:
+                tmpl = Template.from_string(req.template_source, name="request")
+            else:
+                tmpl = self.template(str(req.template))
+            return await asyncio.to_thread(tmpl.render, **req.variables)
+        except DLMPromptError as exc:
+            raise APIError(400, str(exc), code="template_error") from None
 
     async def compile(self, prompt: Prompt) -> Program:
         self.check_prompt(prompt)
@@ -433,7 +493,8 @@ class _Guard:
 # ---------------------------------------------------------------------------------------------- the ASGI app
 def create_app(denoiser: Any = None, **options: Any) -> Any:
     """The FastAPI app. ``denoiser`` defaults to the embedded model; ``options`` go to
-    :class:`Server` (``model_name``, ``api_key``, ``limits``, ``max_batch``, ``max_queue``)."""
+    :class:`Server` (``model_name``, ``api_key``, ``limits``, ``max_batch``, ``max_queue``,
+    ``templates_dir``, ``allow_template_source``)."""
     if denoiser is None:
         from dlmprompt.models.backends import load_model
 
@@ -534,9 +595,19 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             ],
         }
 
+    @app.get("/v1/templates")
+    async def templates_route() -> Any:
+        server.count("/v1/templates", 200)
+        return {
+            "object": "list",
+            "data": [{**server.template(n).describe(), "name": n} for n in server.template_names()],
+        }
+
     @app.post("/v1/generate")
     async def generate_route(req: GenerateRequest, request: Request) -> Any:
-        program = await server.compile(req.prompt)
+        prompt = await server.prompt_of(req)
+        program = await server.compile(prompt)
+        rendered = {"prompt": prompt.model_dump(mode="json", by_alias=True)} if req.prompt is None else {}
         if req.stream:
 
             class Native:
@@ -546,7 +617,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
 
                 @staticmethod
                 def final(result: Result) -> list[bytes]:
-                    return [_sse(server.result_json(result), "result")]
+                    return [_sse({**server.result_json(result), **rendered}, "result")]
 
             resp = streamer(lambda cb: server.submit(program, req.seed, cb), Native)
             server.count("/v1/generate", 200)
@@ -554,7 +625,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
         job = server.submit(program, req.seed)
         result = await wait(job, request)
         server.count("/v1/generate", 200)
-        return server.result_json(result)
+        return {**server.result_json(result), **rendered}
 
     async def openai_run(req: _OpenAIBase, request: Request, text: str, suffix: str | None, chat: bool) -> Any:
         _check_unsupported(req)
@@ -663,6 +734,8 @@ def serve(
     trust_remote_code: bool = False,
     max_batch: int = 32,
     max_queue: int = 128,
+    templates_dir: str | None = None,
+    allow_template_source: bool = False,
     log_level: str = "info",
 ) -> None:
     """Load a model and serve it with uvicorn until interrupted."""
@@ -672,7 +745,15 @@ def serve(
 
     denoiser = load_model(model, device=device, trust_remote_code=trust_remote_code)
     name = "dlmprompt-default" if model is None else str(model)
-    app = create_app(denoiser, model_name=name, api_key=api_key, max_batch=max_batch, max_queue=max_queue)
+    app = create_app(
+        denoiser,
+        model_name=name,
+        api_key=api_key,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        templates_dir=templates_dir,
+        allow_template_source=allow_template_source,
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
