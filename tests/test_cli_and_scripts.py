@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,15 @@ def test_diffusion_gemma_example_runs_as_written() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("status=") == 3
+
+
+def test_templates_example_runs_as_written() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "templates.py")], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "record: name=" in out.stdout and "['price_1', 'price_2', 'price_3', 'cheapest']" in out.stdout
+    values = json.loads(next(line for line in out.stdout.splitlines() if line.startswith('{"price_1"')))
+    assert all(re.fullmatch(r"[0-9]{1,3}\.[0-9]{2}", values[f"price_{i}"]) for i in (1, 2, 3))
+    assert values["cheapest"] in ("bread", "milk", "apples")
+    assert "refused: template '<string>', line 1: a slot passes through the filter |upper" in out.stdout
