@@ -20,10 +20,13 @@ class Field:
     options: tuple[str, ...] = ()
 
 
-NAME = r"[A-Z][A-Za-z.'-]*( [A-Z][A-Za-z.'-]*)*"
+# letters of Latin-1 too: names and places of many locales (José, Zoë, Saint-Étienne)
+_UP = "A-ZÀ-ÖØ-Þ"
+_LETTER = "A-Za-zÀ-ÖØ-öø-ÿ"
+NAME = rf"[{_UP}][{_LETTER}.'-]*( [{_UP}][{_LETTER}.'-]*)*"
 EMAIL = r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}"
 DATE = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-PLACE = r"[A-Z][A-Za-z]*( [A-Z][A-Za-z]*)*"
+PLACE = rf"[{_UP}][{_LETTER}'.]*([ -][{_LETTER}][{_LETTER}'.]*)*"
 PRICE = r"[0-9]+\.[0-9]{2}"
 
 FAMILIES: dict[str, tuple[Field, ...]] = {
@@ -34,13 +37,13 @@ FAMILIES: dict[str, tuple[Field, ...]] = {
         Field("city", "string", PLACE, 8),
     ),
     "company": (
-        Field("name", "string", r"[A-Z][A-Za-z,.&' -]*", 10),
+        Field("name", "string", rf"[{_UP}0-9][{_LETTER}0-9,.&' -]*", 10),
         Field("founded", "integer", r"(1[89]|20)[0-9]{2}", 4),
         Field("employees", "integer", r"[1-9][0-9]*", 6),
         Field("city", "string", PLACE, 8),
     ),
     "product": (
-        Field("name", "string", r"[A-Z][A-Za-z -]*", 8),
+        Field("name", "string", rf"[{_UP}0-9][{_LETTER}0-9 -]*", 8),
         Field("price", "number", PRICE, 6),
         Field(
             "category",
@@ -57,7 +60,7 @@ FAMILIES: dict[str, tuple[Field, ...]] = {
         Field("status", "choice", None, 4, ("pending", "shipped", "delivered", "cancelled")),
     ),
     "event": (
-        Field("title", "string", r"[A-Z][A-Za-z0-9 &'-]*", 10),
+        Field("title", "string", rf"[{_UP}0-9][{_LETTER}0-9 &'-]*", 10),
         Field("date", "string", DATE, 10),
         Field("city", "string", PLACE, 8),
     ),
