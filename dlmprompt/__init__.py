@@ -19,7 +19,22 @@ from dlmprompt.errors import (
     TokenizerError,
 )
 from dlmprompt.prompt_template import Template, Variable, template
-from dlmprompt.spec import Choice, FreeText, Grammar, Guidance, Json, Length, Prompt, Regex, Sampling, Slot, Text, slot
+from dlmprompt.spec import (
+    AnchorRef,
+    Choice,
+    FreeText,
+    Grammar,
+    Grounded,
+    Guidance,
+    Json,
+    Length,
+    Prompt,
+    Regex,
+    Sampling,
+    Slot,
+    Text,
+    slot,
+)
 from dlmprompt.templating import chat, render_chat
 from dlmprompt.tokenizer import Tokenizer
 
@@ -63,6 +78,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AnchorRef",
     "AsyncClient",
     "BackendError",
     "Capture",
@@ -73,6 +89,7 @@ __all__ = [
     "FreeText",
     "Grammar",
     "GrammarError",
+    "Grounded",
     "Guidance",
     "Json",
     "Layout",

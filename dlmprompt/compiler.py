@@ -15,12 +15,13 @@ import numpy as np
 from dlmprompt.constraints.automaton import (
     TokenAutomaton,
     choice_automaton,
+    escape_literal,
     free_text_automaton,
     regex_automaton,
     unconstrained_automaton,
 )
 from dlmprompt.errors import CompileError, SpecError
-from dlmprompt.spec import Choice, FreeText, Grammar, Json, Prompt, Regex, Sampling, Slot, Text
+from dlmprompt.spec import AnchorRef, Choice, FreeText, Grammar, Grounded, Json, Prompt, Regex, Sampling, Slot, Text
 from dlmprompt.tokenizer import Tokenizer, as_tokenizer
 
 
@@ -190,6 +191,12 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
         slot_of.append(-1)
         prompt_flags.append(False)
 
+    anchors: dict[str, str] = {}  # named anchors, the sources grounded slots may refer to
+    for part in prompt.parts:
+        if isinstance(part, Text) and part.name is not None:
+            if part.name in anchors:
+                raise CompileError(f"two anchors are named {part.name!r}; anchor names must be unique")
+            anchors[part.name] = part.text
     # merge adjacent anchors with the same guidance role so they tokenize as one text
     parts: list[Text | Slot] = []
     seen_slot = False
@@ -216,7 +223,7 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
             continue
         if isinstance(part.constraint, Json):
             start = len(ids)
-            notes = _lay_out_json(part, tok, constrained, mask_id, ids, slot_of, prompt_flags, slots)
+            notes = _lay_out_json(part, tok, constrained, mask_id, ids, slot_of, prompt_flags, slots, anchors)
             json_spans.append(JsonSpan(part.name, start, len(ids), part.constraint, tuple(notes)))
             continue
         n = part.length.tokens
@@ -231,7 +238,7 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
             grammar = compile_grammar(part.constraint.lark, tok, n, slot=part.name)
             auto = unconstrained_automaton(tok, with_pad=True)  # unused: the grammar cursor decides
         else:
-            auto = _automaton(part, tok, constrained)
+            auto = _automaton(part, tok, constrained, anchors)
         if part.length.mode == "at_most" and constrained and grammar is None:
             if tok.pad_id is None:
                 raise CompileError(
@@ -278,6 +285,7 @@ def _lay_out_json(
     slot_of: list[int],
     prompt_flags: list[bool],
     slots: list[SlotLayout],
+    anchors: dict[str, str],
 ) -> list[str]:
     """Append a JSON slot's template: anchors as fixed tokens, each hole as an "at most" span."""
     from dlmprompt.constraints.jsonschema import SchemaError, compile_schema
@@ -293,7 +301,9 @@ def _lay_out_json(
         refusal = None
     except SchemaError as exc:
         template, refusal = None, exc
-    if constrained and (refusal is not None or template.notes):  # type: ignore[union-attr]
+    # grounded strings need the template (the context-free span cannot hold a span constraint)
+    grounded = c.grounded is not None or '"x-grounded"' in json.dumps(c.json_schema)
+    if constrained and (refusal is not None or (template.notes and not grounded)):  # type: ignore[union-attr]
         # not exact as a template: one context-free span (llguidance), when it takes the schema
         if refusal is not None:
             why = str(refusal.reason)
@@ -332,7 +342,12 @@ def _lay_out_json(
             continue
         budget = cap if piece.kind in _LEAF_KINDS else 3 * cap
         if constrained:
-            auto = regex_automaton(piece.regex, tok, slot=part.name).with_pad(tok.pad_id)
+            ground = _leaf_grounding(piece, c, part.name)
+            if ground is None:
+                auto = regex_automaton(piece.regex, tok, slot=part.name)
+            else:
+                auto = _grounded(ground, piece.regex, tok, anchors, part.name, json_string=True)
+            auto = auto.with_pad(tok.pad_id)
             n = max(budget, _shortest(auto, part.name, piece.path))
         else:
             auto = unconstrained_automaton(tok, with_pad=True)
@@ -426,10 +441,18 @@ def _shortest(auto: TokenAutomaton, slot: str, path: str) -> int:
     )
 
 
-def _automaton(part: Slot, tok: Tokenizer, constrained: bool) -> TokenAutomaton:
+def _automaton(part: Slot, tok: Tokenizer, constrained: bool, anchors: dict[str, str]) -> TokenAutomaton:
     c = part.constraint
     if not constrained or isinstance(c, Grammar):
         return unconstrained_automaton(tok, with_pad=part.length.mode == "at_most")
+    if part.grounded is not None:
+        if isinstance(c, Regex):
+            pattern = c.pattern
+        elif isinstance(c, Choice):
+            pattern = "(?:" + "|".join(escape_literal(o) for o in c.options) + ")"
+        else:
+            pattern = r"[\s\S]*"
+        return _grounded(part.grounded, pattern, tok, anchors, part.name)  # type: ignore[return-value]
     if isinstance(c, Regex):
         return regex_automaton(c.pattern, tok, slot=part.name)
     if isinstance(c, Choice):
@@ -437,6 +460,60 @@ def _automaton(part: Slot, tok: Tokenizer, constrained: bool) -> TokenAutomaton:
     if isinstance(c, FreeText):
         return free_text_automaton(tok)
     raise CompileError(f"unsupported constraint {type(c).__name__}", slot=part.name)  # pragma: no cover
+
+
+def _grounded(
+    ground: Grounded, pattern: str, tok: Tokenizer, anchors: dict[str, str], slot: str, json_string: bool = False
+) -> Any:
+    """The token automaton of a grounded value: a span of the sources that matches ``pattern``."""
+    from dlmprompt.constraints.grounded import grounded_automaton
+
+    sources = []
+    for src in ground.sources:
+        if isinstance(src, AnchorRef):
+            if src.anchor not in anchors:
+                raise CompileError(
+                    f"grounded on the anchor {src.anchor!r}, but no anchor has that name; name one with "
+                    f"Text(..., name={src.anchor!r}) (named anchors: {sorted(anchors) or 'none'})",
+                    slot=slot,
+                )
+            sources.append(anchors[src.anchor])
+        else:
+            sources.append(src)
+    return grounded_automaton(
+        tuple(sources),
+        pattern,
+        tok,
+        whole_words=ground.whole_words,
+        ignore_case=ground.ignore_case,
+        allow_empty=ground.optional,
+        json_string=json_string,
+        slot=slot,
+    )
+
+
+def _leaf_grounding(piece: Any, c: Json, slot: str) -> Grounded | None:
+    """The grounding of one hole of a JSON template: its ``x-grounded`` keyword, else the slot's
+    for free string leaves."""
+    mark = piece.grounded
+    if mark is None or mark is False:
+        return None
+    if piece.kind != "string" and mark != "default":
+        raise CompileError(f"at {piece.path or '/'}: x-grounded applies to string values only", slot=slot)
+    if mark == "default":
+        return c.grounded if piece.kind == "string" else None
+    if mark is True:
+        if c.grounded is None:
+            raise CompileError(
+                f"at {piece.path or '/'}: x-grounded: true needs the slot's sources (grounded=...) or an object "
+                '{"sources": [...]} in the schema',
+                slot=slot,
+            )
+        return c.grounded
+    try:
+        return Grounded.model_validate(mark)
+    except ValueError as exc:
+        raise CompileError(f"at {piece.path or '/'}: bad x-grounded value: {exc}", slot=slot) from None
 
 
 def _check_length(part: Slot, auto: TokenAutomaton, n: int) -> None:

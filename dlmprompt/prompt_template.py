@@ -65,6 +65,7 @@ SLOT_ARGUMENTS = (
     "indent",
     "lenient",
     "additional_properties",
+    "grounded",
 )
 TYPES = ("string", "integer", "number", "boolean", "array", "object", "schema", "any")
 _HEADER = re.compile(r"\A\s*\{#-?[ \t]*---[ \t]*\n(.*?)\n[ \t]*---[ \t]*-?#\}[ \t]*\n?", re.S)

@@ -58,6 +58,26 @@ class Choice(_Model):
     options: tuple[str, ...]
 
 
+class AnchorRef(_Model):
+    """A named anchor of the prompt (``Text(..., name=...)``), as a grounding source."""
+
+    anchor: str
+
+
+class Grounded(_Model):
+    """The value is a span (substring) of one of ``sources``, exactly: a source is a text or an
+    :class:`AnchorRef` naming an anchor of the prompt.
+
+    ``whole_words``: a span never cuts through a word (it starts and ends at word boundaries).
+    ``ignore_case``: ASCII letters may differ in case from the source. ``optional``: the empty
+    value is allowed too (otherwise a grounded value holds at least one character)."""
+
+    sources: tuple[Union[str, AnchorRef], ...] = Field(min_length=1)
+    whole_words: bool = False
+    ignore_case: bool = False
+    optional: bool = False
+
+
 class Json(_Model):
     """The slot holds one JSON value valid under ``schema`` (a JSON Schema; pydantic models are
     turned into theirs by :func:`slot`).
@@ -67,7 +87,10 @@ class Json(_Model):
     compact JSON, else spaces per level. ``additional_properties``: ``None`` follows the schema,
     ``False`` never writes properties the schema does not name. ``lenient`` approximates a few
     unsupported keywords instead of refusing them (listed in the compiled program's notes).
-    ``model``: the pydantic model's import path, when the schema came from one.
+    ``model``: the pydantic model's import path, when the schema came from one. ``grounded``: every
+    free string leaf (no ``enum``, ``const`` or ``format``) is a span of the sources; a property
+    schema's ``"x-grounded"`` keyword overrides that per property (``false``, ``true``, or a
+    :class:`Grounded` object of its own).
     """
 
     type: Literal["json"] = "json"
@@ -76,6 +99,7 @@ class Json(_Model):
     lenient: bool = False
     additional_properties: bool | None = None
     model: str | None = None
+    grounded: Grounded | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
@@ -117,6 +141,7 @@ class Text(_Model):
     kind: Literal["text"] = "text"
     text: str
     prompt: bool | None = None
+    name: str | None = None  # lets a grounded slot refer to this anchor (AnchorRef)
 
 
 class Slot(_Model):
@@ -126,6 +151,7 @@ class Slot(_Model):
     name: str
     constraint: Constraint = Field(default_factory=FreeText)
     length: Length
+    grounded: Grounded | None = None  # the value is a span of these sources (JSON slots: on Json)
 
     @field_validator("name")
     @classmethod
@@ -301,6 +327,7 @@ def slot(
     indent: int | None = None,
     lenient: bool = False,
     additional_properties: bool | None = None,
+    grounded: Any = None,
 ) -> Any:
     """Make a slot.
 
@@ -312,6 +339,10 @@ def slot(
     ``schema=`` takes a JSON Schema dict or a pydantic model class; ``max_tokens`` is then the
     budget of each value in the template (default 16; parts of unknown structure get 3 times
     that), and ``indent`` / ``lenient`` / ``additional_properties`` are passed to :class:`Json`.
+
+    ``grounded=`` makes the value a span of a source text, exactly, together with the constraint:
+    a text, an anchor (a :class:`Text`; a named one is referred to by name), an
+    :class:`AnchorRef`, a list of those, or a :class:`Grounded` with options.
     """
     kwargs = {
         "regex": regex,
@@ -323,13 +354,17 @@ def slot(
         "indent": indent,
         "lenient": lenient,
         "additional_properties": additional_properties,
+        "grounded": grounded,
     }
     if name is None:
         return SlotArgs(**kwargs)
     if sum(x is not None for x in (regex, choice, schema, grammar)) > 1:
         raise SpecError(f"slot {name!r}: give one of regex=, choice=, schema= or grammar=, not several")
+    ground = _grounding(name, grounded)
     if schema is not None:
-        return _json_slot(name, schema, max_tokens, tokens, indent, lenient, additional_properties)
+        return _json_slot(name, schema, max_tokens, tokens, indent, lenient, additional_properties, ground)
+    if ground is not None and grammar is not None:
+        raise SpecError(f"slot {name!r}: grounded= works with regex=, choice=, schema= and free text, not grammar=")
     if (max_tokens is None) == (tokens is None):
         raise SpecError(f"slot {name!r}: give exactly one length, max_tokens=N (value then pad) or tokens=N (exact)")
     constraint: FreeText | Regex | Choice | Grammar
@@ -354,9 +389,37 @@ def slot(
             length = Length(mode="at_most", tokens=max_tokens)
         else:
             length = Length(mode="exact", tokens=tokens)  # type: ignore[arg-type]
-        return Slot(name=name, constraint=constraint, length=length)
+        return Slot(name=name, constraint=constraint, length=length, grounded=ground)
     except ValidationError as exc:
         raise SpecError(_explain(exc)) from None
+
+
+def _grounding(name: str, grounded: Any) -> Grounded | None:
+    """``grounded=`` as a :class:`Grounded` (texts, anchors, references, or one already made)."""
+    if grounded is None or isinstance(grounded, Grounded):
+        return grounded
+    try:
+        if isinstance(grounded, dict) and "sources" in grounded:
+            return Grounded(**grounded)
+        items = list(grounded) if isinstance(grounded, (list, tuple)) else [grounded]
+        sources: list[str | AnchorRef] = []
+        for item in items:
+            if isinstance(item, Text):
+                sources.append(AnchorRef(anchor=item.name) if item.name else item.text)
+            elif isinstance(item, (str, AnchorRef)):
+                sources.append(item)
+            elif isinstance(item, dict):
+                sources.append(AnchorRef(**item))
+            else:
+                raise SpecError(
+                    f"slot {name!r}: grounded= takes a text, an anchor (Text), AnchorRef, a list of those or "
+                    f"Grounded(...); got {type(item).__name__}"
+                )
+        return Grounded(sources=tuple(sources))
+    except ValidationError as exc:
+        raise SpecError(f"slot {name!r}: grounded= {_explain(exc)}") from None
+    except TypeError as exc:
+        raise SpecError(f"slot {name!r}: grounded= {exc}") from None
 
 
 _MODELS: dict[str, type] = {}  # pydantic classes by import path, for typed results in this process
@@ -375,6 +438,7 @@ def _json_slot(
     indent: int | None,
     lenient: bool,
     additional_properties: bool | None,
+    grounded: Grounded | None = None,
 ) -> Slot:
     if tokens is not None:
         raise SpecError(f"slot {name!r}: a schema slot takes max_tokens= (the budget of each value), not tokens=")
@@ -398,7 +462,12 @@ def _json_slot(
         )
     try:
         constraint = Json(
-            schema=schema_dict, indent=indent, lenient=lenient, additional_properties=additional_properties, model=model
+            schema=schema_dict,
+            indent=indent,
+            lenient=lenient,
+            additional_properties=additional_properties,
+            model=model,
+            grounded=grounded,
         )
         return Slot(name=name, constraint=constraint, length=Length(mode="at_most", tokens=max_tokens or 16))
     except ValidationError as exc:

@@ -155,7 +155,7 @@ _UNSUPPORTED = {
 }
 
 
-def _check_python_regex(pattern: str, slot: str | None) -> str:
+def checked_pattern(pattern: str, slot: str | None) -> str:
     """Validate with Python's parser for good messages; strip a leading ^ and trailing $."""
     try:
         re.compile(pattern)
@@ -275,6 +275,11 @@ _BYTE_DFAS: OrderedDict[str, tuple[np.ndarray, int, np.ndarray]] = OrderedDict()
 _CACHE_SIZE = 512
 
 
+def token_bytes_of(tokenizer: Tokenizer) -> list[bytes]:
+    """Each token's bytes (``b""`` for special tokens, which never spell text)."""
+    return [b or b"" for b in tokenizer.token_bytes]
+
+
 def _vocab_for(tokenizer: Tokenizer) -> _Vocab:
     key = tokenizer.identity
     v = _VOCABS.get(key)
@@ -286,7 +291,7 @@ def _vocab_for(tokenizer: Tokenizer) -> _Vocab:
     return v
 
 
-def _byte_dfa(pattern: str) -> tuple[np.ndarray, int, np.ndarray]:
+def byte_dfa(pattern: str) -> tuple[np.ndarray, int, np.ndarray]:
     """The byte-level DFA of ``pattern``: ``table[q, byte]`` (state ``Q`` is dead), start, accept.
 
     Built by outlines-core (Rust) over a vocabulary of the 256 single bytes, which takes
@@ -344,7 +349,7 @@ def _token_dfa(pattern: str, tokenizer: Tokenizer, description: str) -> TokenAut
     Bytes with the same column in the byte DFA form byte classes; tokens of one length with the
     same byte-class sequence behave alike, so each such sequence is walked once, for all states
     at once (numpy), and tokens with equal results from every state share a token class."""
-    table, start, accept = _byte_dfa(pattern)
+    table, start, accept = byte_dfa(pattern)
     q = table.shape[0] - 1
     cols, byte_class = np.unique(table.T, axis=0, return_inverse=True)
     byte_class = byte_class.ravel()
@@ -458,7 +463,7 @@ def _index_automaton(
     except (ValueError, RuntimeError) as exc:
         raise on_error(str(exc)) from None
     if not auto.feasible_lengths(auto.n_states).any():
-        table, start, accept = _byte_dfa(pattern)
+        table, start, accept = byte_dfa(pattern)
         seen, todo = {start}, [start]
         while todo:
             for nxt in set(table[todo.pop()].tolist()) - seen:
@@ -477,7 +482,7 @@ def regex_automaton(pattern: str, tokenizer: Tokenizer, *, slot: str | None = No
     key = ("regex:" + pattern, tokenizer.identity)
     if key in _AUTOMATA:
         return _index_automaton(key, pattern, tokenizer, "", CompileError)
-    body = _check_python_regex(pattern, slot)
+    body = checked_pattern(pattern, slot)
 
     def error(msg: str) -> CompileError:
         if msg == "unspellable":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlmprompt.spec import Prompt, slot
+from dlmprompt.spec import Grounded, Prompt, slot
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,19 @@ PRICE = r"[0-9]+\.[0-9]{2}"
 
 FAMILIES: dict[str, tuple[Field, ...]] = {
     "person": (
-        Field("name", "string", NAME, 8),
+        Field("name", "string", NAME, 10),
         Field("age", "integer", r"[1-9][0-9]?", 3),
-        Field("email", "string", EMAIL, 14),
-        Field("city", "string", PLACE, 8),
+        Field("email", "string", EMAIL, 16),
+        Field("city", "string", PLACE, 10),
     ),
     "company": (
-        Field("name", "string", rf"[{_UP}0-9][{_LETTER}0-9,.&' -]*", 10),
+        Field("name", "string", rf"[{_UP}0-9][{_LETTER}0-9,.&' -]*", 12),
         Field("founded", "integer", r"(1[89]|20)[0-9]{2}", 4),
         Field("employees", "integer", r"[1-9][0-9]*", 6),
-        Field("city", "string", PLACE, 8),
+        Field("city", "string", PLACE, 10),
     ),
     "product": (
-        Field("name", "string", rf"[{_UP}0-9][{_LETTER}0-9 -]*", 8),
+        Field("name", "string", rf"[{_UP}0-9][{_LETTER}0-9 -]*", 10),
         Field("price", "number", PRICE, 6),
         Field(
             "category",
@@ -55,21 +55,27 @@ FAMILIES: dict[str, tuple[Field, ...]] = {
     ),
     "order": (
         Field("order_id", "string", r"ORD-[0-9]{6}", 8),
-        Field("customer", "string", NAME, 8),
+        Field("customer", "string", NAME, 10),
         Field("quantity", "integer", r"[1-9][0-9]?", 3),
         Field("status", "choice", None, 4, ("pending", "shipped", "delivered", "cancelled")),
     ),
     "event": (
-        Field("title", "string", rf"[{_UP}0-9][{_LETTER}0-9 &'-]*", 10),
+        Field("title", "string", rf"[{_UP}0-9][{_LETTER}0-9 &'-]*", 12),
         Field("date", "string", DATE, 10),
-        Field("city", "string", PLACE, 8),
+        Field("city", "string", PLACE, 10),
     ),
 }
 
 
-def extraction_prompt(family: str, text: str) -> Prompt:
+def extraction_prompt(family: str, text: str, *, grounded: bool = False) -> Prompt:
     """``Text: ...`` then ``Record: {"field": <slot>, ...}``: keys, quotes and separators are anchors,
-    each value a typed slot."""
+    each value a typed slot.
+
+    ``grounded=True``: every string field whose pattern some span of ``text`` matches is
+    constrained to be such a span of whole words, exactly (the same layout otherwise); numbers
+    and choices stay as they are."""
+    import re
+
     fields = FAMILIES[family]
     p = Prompt(f"Kind: {family}\nText: {text}\nRecord: {{")
     for i, f in enumerate(fields):
@@ -79,7 +85,9 @@ def extraction_prompt(family: str, text: str) -> Prompt:
         if f.kind == "choice":
             p = p + slot(f.name, choice=list(f.options), max_tokens=f.max_tokens)
         else:
-            p = p + slot(f.name, regex=f.regex, max_tokens=f.max_tokens)
+            spans = grounded and f.kind == "string" and re.search(f.regex or "", text)
+            ground = Grounded(sources=(text,), whole_words=True) if spans else None
+            p = p + slot(f.name, regex=f.regex, max_tokens=f.max_tokens, grounded=ground)
         if quoted:
             p = p + '"'
     return p + "}"

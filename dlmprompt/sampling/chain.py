@@ -24,6 +24,7 @@ import numpy as np
 
 from dlmprompt.constraints.automaton import TokenAutomaton
 from dlmprompt.errors import DLMPromptError
+from dlmprompt.sampling.sparsechain import run_chains_sparse
 
 NEG = -np.inf
 # log mass of a class whose probability is exactly zero (a model's -inf logits): the constraint
@@ -192,6 +193,10 @@ def run_chains(
     Returns the classes of every masked position and, with ``need_weights``, their constrained
     class weights. Given the same noise it draws what :func:`run_chain` draws slot by slot.
     """
+    if getattr(auto, "sparse", False):  # edge lists (a grounded slot over a long text)
+        return ChainResult(
+            *run_chains_sparse(auto, committed, logP, noise=noise, logP_conf=logP_conf, need_weights=need_weights)
+        )
     b = len(committed)
     n = max(len(c) for c in committed)
     q = auto.n_states

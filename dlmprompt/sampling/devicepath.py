@@ -62,6 +62,8 @@ def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
             continue
         if r.cursors or r.sched.threshold is not None or r.steps or r.block:
             return False
+        if any(getattr(s.automaton, "sparse", False) for s in r.program.layout.slots):
+            return False  # edge-list automata (grounded slots over long texts) run on the host
     if mode == "device":
         return True
     dev = getattr(denoiser, "device", None)

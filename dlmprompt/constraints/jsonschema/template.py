@@ -34,6 +34,9 @@ class Hole:
     regex: str
     path: str
     kind: str  # "string" | "integer" | "number" | "boolean" | "enum" | "property" | "properties" | "value"
+    # x-grounded of its schema (False / True / an object of sources), or "default": a free string
+    # leaf that a slot-level grounded= applies to
+    grounded: Any = None
 
 
 @dataclass
@@ -103,7 +106,8 @@ def _template(ctx: Context, schema: Any, path: str, depth: int) -> list[str | Ho
         kind = next(iter(types - {"integer"}))
     else:
         kind = "value"
-    return [Hole(r, path, kind)]
+    plain = kind == "string" and not any(k in schema for k in ("format", "enum", "const"))
+    return [Hole(r, path, kind, schema.get("x-grounded", "default" if plain else None))]
 
 
 def _object_needs_region(schema: dict[str, Any]) -> bool:
