@@ -125,3 +125,17 @@ def test_templates_example_runs_as_written() -> None:
     assert all(re.fullmatch(r"[0-9]{1,3}\.[0-9]{2}", values[f"price_{i}"]) for i in (1, 2, 3))
     assert values["cheapest"] in ("bread", "milk", "apples")
     assert "refused: template '<string>', line 1: a slot passes through the filter |upper" in out.stdout
+
+
+def test_grounded_compile_benchmark_small(tmp_path) -> None:
+    out = tmp_path / "g.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "grounded_compile.py"), "--small", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert {r["chars"] for r in runs} == {100, 400} and all(r["states"] > 0 and r["edges"] > 0 for r in runs)
+    assert "compile ms" in done.stdout

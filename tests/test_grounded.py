@@ -140,8 +140,11 @@ def test_several_sources_never_join(byte_tok) -> None:
 
 def test_sparse_and_dense_passes_agree(monkeypatch, byte_tok) -> None:
     text = "Ada Lovelace met Charles Babbage in London in 1833; Ada wrote the first program."
+    monkeypatch.setattr(gmod, "DENSE_CELLS", 1 << 30)
+    gmod._AUTOMATA.clear()
     dense = grounded_automaton((text,), r"[A-Za-z ]+", byte_tok).with_pad(byte_tok.pad_id)
     monkeypatch.setattr(gmod, "DENSE_CELLS", 0)
+    monkeypatch.setattr(gmod, "DENSE_FILL", 0)
     gmod._AUTOMATA.clear()
     sparse = grounded_automaton((text,), r"[A-Za-z ]+", byte_tok).with_pad(byte_tok.pad_id)
     assert isinstance(sparse, SparseTokenAutomaton) and not isinstance(dense, SparseTokenAutomaton)
@@ -165,7 +168,6 @@ def test_sparse_and_dense_passes_agree(monkeypatch, byte_tok) -> None:
 
 
 def test_long_text_samples_spans_on_the_sparse_path(qwen_tok, monkeypatch) -> None:
-    monkeypatch.setattr(gmod, "DENSE_CELLS", 1 << 16)  # a long text's automata stay edge lists
     gmod._AUTOMATA.clear()
     rng = random.Random(3)
     words = "amber basil cedar delta ember fjord glade harbor island jasper kestrel lumen meadow".split()

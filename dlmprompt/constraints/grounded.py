@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 
 SEPARATOR = 0xFF  # joins several sources; never read (it is no UTF-8 byte)
 MARKER = 0xFE  # a cut between words (whole_words); never part of a value
-DENSE_CELLS = 1 << 20  # classes x states up to which the token automaton is kept dense
+# a token automaton stays a dense classes x states table (every sampler path, the GPU's too) when
+# it is small or dense enough; otherwise edge lists, whose host pass is far faster on sparse tables
+DENSE_CELLS = 1 << 14
+DENSE_FILL = 8  # ... or when at least one cell in DENSE_FILL holds an edge
 MAX_SOURCE_BYTES = 1 << 20
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _WORD = np.zeros(256, dtype=bool)
@@ -447,7 +450,7 @@ def _classes(
     sel = is_rep[tok]
     e_src, e_cls, e_dst = src[sel], token_class[tok[sel]], dst[sel]
     _check_classes(token_class, src, tok, dst, e_cls, e_src, e_dst, q)
-    if c * q <= DENSE_CELLS:
+    if c * q <= DENSE_CELLS or len(e_src) * DENSE_FILL >= c * q:
         ns = np.full((c, q), -1, dtype=np.int32)
         ns[e_cls, e_src] = e_dst
         return TokenAutomaton(token_class, ns, start, accept.astype(bool), description)
