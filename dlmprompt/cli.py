@@ -54,6 +54,11 @@ def _demo(args: argparse.Namespace) -> int:
     if live:
         print()
     print("   Record:", result.text.split("Record: ", 1)[1])
+    print(f"   {result.steps} denoising steps, {result.forward_passes} forward passes, {time.perf_counter() - t:.2f} s")
+    grounded = extraction_prompt("person", text, grounded=True).with_sampling(temperature=0.0)
+    t = time.perf_counter()
+    result = generate(denoiser, grounded, generator=g)
+    print("   Grounded (each text value a span of whole words of the text):", result.text.split("Record: ", 1)[1])
     print(
         f"   {result.steps} denoising steps, {result.forward_passes} forward passes, {time.perf_counter() - t:.2f} s\n"
     )

@@ -25,17 +25,23 @@ from dlmprompt.sampling.chain import run_chains
 from dlmprompt.testing import RandomDenoiser
 
 PATTERNS = [r"[\s\S]*", r"[A-Za-z]+", r"[a-z]+( [a-z]+)*", r"[0-9]+", r"[A-Z][a-z]*", r"(cat|dog|é+)"]
-ALPHABET = "ab cAB,.-1é"
+ALPHABET = "ab cAB,.-1é@'"
 LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def is_word(ch: str) -> bool:
-    return (ch.isascii() and (ch.isalnum() or ch == "_")) or not ch.isascii()
+def word_chars(text: str) -> list[bool]:
+    """Letters, digits, _ and non-ASCII characters; a joiner (. @ - ' + %) between two of them."""
+    base = [(ch.isascii() and (ch.isalnum() or ch == "_")) or not ch.isascii() for ch in text]
+    return [
+        base[i] or (ch in ".@-'+%" and 0 < i < len(text) - 1 and base[i - 1] and base[i + 1])
+        for i, ch in enumerate(text)
+    ]
 
 
 def reference(text: str, pattern: str, whole_words: bool, ignore_case: bool, optional: bool):  # type: ignore[no-untyped-def]
     """What the grounded constraint means, written with Python strings: a membership test."""
-    cuts = {i for i in range(len(text) + 1) if i in (0, len(text)) or not (is_word(text[i - 1]) and is_word(text[i]))}
+    w = word_chars(text)
+    cuts = {i for i in range(len(text) + 1) if i in (0, len(text)) or not (w[i - 1] and w[i])}
     spans = {text[i:j] for i in range(len(text) + 1) for j in range(i, len(text) + 1) if j > i or optional}
     if whole_words:
         spans = {text[i:j] for i in cuts for j in cuts if (j > i or (optional and j == i))}

@@ -40,6 +40,7 @@ MAX_SOURCE_BYTES = 1 << 20
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _WORD = np.zeros(256, dtype=bool)
 _WORD[[*range(48, 58), *range(65, 91), *range(97, 123), 95, *range(128, 256)]] = True  # bytes >= 0x80: letters
+_JOINERS = np.frombuffer(b".@-'+%", dtype=np.uint8)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,11 +162,25 @@ def _suffix_automaton(data: bytes) -> tuple[list[dict[int, int]], list[int]]:
     return nxt, last_byte
 
 
+def word_bytes(data: bytes) -> np.ndarray:
+    """Which bytes of ``data`` belong to words: letters, digits, ``_``, every byte of a non-ASCII
+    character, and the joiners ``. @ - ' + %`` between two word bytes (``ada.lovelace@example.org``,
+    ``Saint-Étienne`` and ``O'Brien`` are one word each; the period that ends a sentence is not)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    word = _WORD[arr].copy()
+    inner = np.isin(arr, _JOINERS)
+    inner[0:1] = inner[-1:] = False
+    if len(arr) > 2:
+        inner[1:-1] &= word[:-2] & word[2:]
+    return word | inner
+
+
 def _cuts(data: bytes) -> bytes:
     """``data`` with MARKER at every place a span may begin or end without cutting a word."""
+    word = word_bytes(data) if data else np.zeros(0, dtype=bool)
     out = bytearray([MARKER])
     for i, b in enumerate(data):
-        if i and not (_WORD[data[i - 1]] and _WORD[b]):
+        if i and not (word[i - 1] and word[i]):
             out.append(MARKER)
         out.append(b)
     out.append(MARKER)

@@ -24,7 +24,7 @@ class Field:
 _UP = "A-ZÀ-ÖØ-Þ"
 _LETTER = "A-Za-zÀ-ÖØ-öø-ÿ"
 NAME = rf"[{_UP}][{_LETTER}.'-]*( [{_UP}][{_LETTER}.'-]*)*"
-EMAIL = r"[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}"
+EMAIL = r"[a-z0-9][a-z0-9._%+-]*@[a-z0-9][a-z0-9.-]*\.[a-z]{2,}"
 DATE = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
 PLACE = rf"[{_UP}][{_LETTER}'.]*([ -][{_LETTER}][{_LETTER}'.]*)*"
 PRICE = r"[0-9]+\.[0-9]{2}"
@@ -71,9 +71,9 @@ def extraction_prompt(family: str, text: str, *, grounded: bool = False) -> Prom
     """``Text: ...`` then ``Record: {"field": <slot>, ...}``: keys, quotes and separators are anchors,
     each value a typed slot.
 
-    ``grounded=True``: every string field whose pattern some span of ``text`` matches is
-    constrained to be such a span of whole words, exactly (the same layout otherwise); numbers
-    and choices stay as they are."""
+    ``grounded=True``: every text and number field whose pattern some span of ``text`` matches
+    is constrained to be such a span of whole words, exactly (the same layout otherwise); choices
+    stay as they are."""
     import re
 
     fields = FAMILIES[family]
@@ -85,7 +85,7 @@ def extraction_prompt(family: str, text: str, *, grounded: bool = False) -> Prom
         if f.kind == "choice":
             p = p + slot(f.name, choice=list(f.options), max_tokens=f.max_tokens)
         else:
-            spans = grounded and f.kind == "string" and re.search(f.regex or "", text)
+            spans = grounded and re.search(f.regex or "", text)
             ground = Grounded(sources=(text,), whole_words=True) if spans else None
             p = p + slot(f.name, regex=f.regex, max_tokens=f.max_tokens, grounded=ground)
         if quoted:
