@@ -269,3 +269,33 @@ def test_grounding_errors_say_what_to_change(byte_tok) -> None:
 @pytest.fixture(scope="module")
 def embedded():  # type: ignore[no-untyped-def]
     return dlmprompt.load()
+
+
+def test_openai_api_takes_grounded(embedded) -> None:  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    from dlmprompt.serving.server import background
+
+    doc = "Invoice from Ada Lovelace, London, due 2025-03-01."
+    schema = {"type": "object", "properties": {"who": {"type": "string"}, "city": {"type": "string"}}}
+    schema["required"] = ["who", "city"]
+    with background(embedded) as server:
+        client = OpenAI(base_url=server.url + "/v1", api_key="x")
+        done = client.chat.completions.create(
+            model="x",
+            messages=[{"role": "user", "content": doc}],
+            response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
+            extra_body={"grounded": True},
+            seed=1,
+        )
+        rec = json.loads(done.choices[0].message.content)
+        assert rec["who"] in doc and rec["city"] in doc and rec["who"] and rec["city"]
+        done = client.completions.create(
+            model="x", prompt=f"{doc}\nCity: ", extra_body={"regex": "[A-Z][a-z]+", "grounded": ["Paris or Lyon"]}
+        )
+        city = done.choices[0].text
+        assert city in "Paris or Lyon" and re.fullmatch("[A-Z][a-z]+", city), city
+        with pytest.raises(Exception, match="not grammar="):
+            client.completions.create(
+                model="x", prompt="x", extra_body={"grammar": 'start: "a"', "grounded": "a"}, max_tokens=4
+            )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import hmac
 import json
 import re
@@ -37,7 +38,8 @@ from dlmprompt.compiler import Program, compile
 from dlmprompt.errors import DLMPromptError
 from dlmprompt.sampling.events import Result, Step
 from dlmprompt.serving.engine import Engine, Job, QueueFull
-from dlmprompt.spec import Json, Prompt, slot
+from dlmprompt.spec import Json, Prompt
+from dlmprompt.spec import slot as make_slot
 from dlmprompt.templating import render_chat
 
 
@@ -119,6 +121,8 @@ class _OpenAIBase(BaseModel):
     grammar: str | None = None
     prompt_spec: Prompt | None = Field(default=None, alias="dlmprompt_prompt")
     steps: int | None = Field(default=None, gt=0)
+    # the answer (or each free string of a JSON answer) is a span of these texts; true: of the prompt
+    grounded: Union[bool, str, list[str], dict[str, Any], None] = None
 
 
 class ChatRequest(_OpenAIBase):
@@ -342,9 +346,15 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI mapping
-def _answer_slot(req: _OpenAIBase, limits: Limits, tokenizer: Any) -> Any:
+def _answer_slot(req: _OpenAIBase, limits: Limits, tokenizer: Any, text: str = "") -> Any:
     """The slot that holds the answer, from response_format / regex / choice / max_tokens."""
     n = req.max_completion_tokens or req.max_tokens
+    ground = req.grounded
+    if ground is True:
+        ground = text  # the prompt as the model sees it
+    elif ground is False:
+        ground = None
+    slot = functools.partial(make_slot, grounded=ground)
     kinds = [k for k, v in (("regex", req.regex), ("choice", req.choice), ("grammar", req.grammar)) if v is not None]
     rf = req.response_format
     if rf is not None and rf.type != "text":
@@ -380,7 +390,7 @@ def openai_prompt(req: _OpenAIBase, text: str, suffix: str | None, limits: Limit
         prompt = req.prompt_spec
     else:
         try:
-            prompt = Prompt(text) + _answer_slot(req, limits, tokenizer)
+            prompt = Prompt(text) + _answer_slot(req, limits, tokenizer, text)
         except DLMPromptError as exc:
             raise APIError(400, f"{type(exc).__name__}: {exc}", code="bad_constraint") from None
         if suffix:
