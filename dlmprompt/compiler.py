@@ -14,6 +14,7 @@ import numpy as np
 
 from dlmprompt.constraints.automaton import (
     TokenAutomaton,
+    check_regex_size,
     choice_automaton,
     escape_literal,
     free_text_automaton,
@@ -288,11 +289,14 @@ def _lay_out_json(
     anchors: dict[str, str],
 ) -> list[str]:
     """Append a JSON slot's template: anchors as fixed tokens, each hole as an "at most" span."""
-    from dlmprompt.constraints.jsonschema import SchemaError, compile_schema
+    from dlmprompt.constraints.jsonschema import SchemaError, compile_schema, non_finite
 
     c = part.constraint
     if tok.pad_id is None:
         raise CompileError(f"a schema slot needs a pad token and {tok.name} has neither pad nor EOS", slot=part.name)
+    bad = non_finite(c.json_schema)
+    if bad is not None:  # no template nor grammar may see it: NaN and Infinity are not JSON
+        raise SchemaError(f"{bad[1]} is not a JSON number (NaN and Infinity are not JSON)", path=bad[0], slot=part.name)
     cap = part.length.tokens
     try:
         template = compile_schema(
@@ -445,6 +449,8 @@ def _automaton(part: Slot, tok: Tokenizer, constrained: bool, anchors: dict[str,
     c = part.constraint
     if not constrained or isinstance(c, Grammar):
         return unconstrained_automaton(tok, with_pad=part.length.mode == "at_most")
+    if isinstance(c, Regex):
+        check_regex_size(c.pattern, part.name)
     if part.grounded is not None:
         if isinstance(c, Regex):
             pattern = c.pattern

@@ -184,6 +184,41 @@ def checked_pattern(pattern: str, slot: str | None) -> str:
     return body
 
 
+MAX_REGEX_SIZE = 10_000  # elements a regex may unroll to (counted repetitions multiply)
+
+
+def check_regex_size(pattern: str, slot: str | None, limit: int = MAX_REGEX_SIZE) -> None:
+    """Refuse a regex whose counted repetitions unroll past ``limit`` elements (``x{0,100000}``
+    would build an automaton of that many states, for minutes and gigabytes) before any work."""
+    body = checked_pattern(pattern, slot)
+
+    def size(items: object) -> int:
+        total = 0
+        for op, av in items:  # type: ignore[attr-defined]
+            name = str(op)
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                lo, hi, sub = av
+                times = lo + 1 if hi == _sre_parse.MAXREPEAT else hi
+                total += max(times, 1) * size(sub)
+            elif name == "SUBPATTERN":
+                total += size(av[-1])
+            elif name == "BRANCH":
+                total += sum(size(b) for b in av[1])
+            else:
+                total += 1
+            if total > limit:
+                return total
+        return total
+
+    n = size(_sre_parse.parse(body))
+    if n > limit:
+        raise CompileError(
+            f"regex {pattern[:60]!r} unrolls to more than {limit:,} elements (counted repetitions multiply); "
+            "a constraint this large takes too long to build: use * or + instead of a large {m,n}",
+            slot=slot,
+        )
+
+
 def _ascii_digits(pattern: str) -> str:
     """``\\d`` means ``[0-9]`` (as in JSON Schema / ECMA-262), ``\\D`` its complement: structured
     output wants ASCII digits, and Unicode's digit set changes between versions."""

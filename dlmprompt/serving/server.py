@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dlmprompt.compiler import Program, compile
 from dlmprompt.errors import DLMPromptError
@@ -536,6 +537,13 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
             msgs.append(f"{loc or 'body'}: {e.get('msg')}")
         return err(400, "invalid request: " + "; ".join(msgs), code="invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Any:
+        # FastAPI's own refusals (a body that is not JSON or not UTF-8, an unknown route, ...) in our shape
+        server.count(request.url.path, exc.status_code)
+        code = "invalid_body" if exc.status_code == 400 else None
+        return err(exc.status_code, str(exc.detail), code=code)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Any:

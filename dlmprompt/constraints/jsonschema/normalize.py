@@ -5,6 +5,7 @@ resolution, keyword checks, ``allOf`` folding into one schema, and the disjointn
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -343,3 +344,20 @@ def _merge(ctx: Context, a: dict[str, Any], b: dict[str, Any], path: str) -> dic
         else:
             raise ctx.refuse(path, f"allOf combines two different {key!r} values; merge them by hand")
     return out
+
+
+def non_finite(schema: Any, path: str = "") -> tuple[str, float] | None:
+    """(JSON path, value) of the first NaN or infinity anywhere in ``schema``, else None."""
+    if isinstance(schema, float) and not math.isfinite(schema):
+        return path or "/", schema
+    if isinstance(schema, dict):
+        for k, v in schema.items():
+            hit = non_finite(v, f"{path}/{k}")
+            if hit is not None:
+                return hit
+    elif isinstance(schema, list):
+        for i, v in enumerate(schema):
+            hit = non_finite(v, f"{path}/{i}")
+            if hit is not None:
+                return hit
+    return None
