@@ -188,6 +188,10 @@ def _generate(den, program, schema, ours, row, problems, path, args) -> None:
             errors = list(validator(schema).iter_errors(value))
         except json.JSONDecodeError as exc:
             errors = [exc]
+        except re.error as exc:  # the reference validator (Python re) cannot read a pattern, e.g. \p{L}
+            ours["gen_unverifiable"] = ours.get("gen_unverifiable", 0) + 1
+            problems.append(f"{os.path.basename(path)}: the reference validator cannot check this schema: {exc}")
+            return
         if errors:
             problems.append(f"{os.path.basename(path)}: generated invalid JSON {text[:120]!r}: {str(errors[0])[:160]}")
         else:

@@ -411,3 +411,26 @@ def test_schema_slot_spec_round_trips_json():
     again = Prompt.from_json(prompt.model_dump_json())
     assert again == prompt
     assert again.slots[0].constraint.json_schema["properties"]["zip"]["pattern"] == "^[0-9]{5}$"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"allOf": [True, {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}]},
+        {"anyOf": [False, {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}]},
+        {"oneOf": [False, {"type": "object", "properties": {"a": True}, "required": ["a"]}]},
+        {"type": "object", "properties": {"a": {"allOf": [True, {"type": "integer"}]}}, "required": ["a"]},
+        {"type": "object", "properties": {"a": {"anyOf": [True]}}, "required": ["a"]},
+        {"not": False, "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+    ],
+)
+def test_boolean_sub_schemas_in_every_combinator(schema, byte_tok) -> None:  # type: ignore[no-untyped-def]
+    """Boolean schemas are valid wherever a schema is: the acceptance check agrees with jsonschema."""
+    try:
+        program = compile(Prompt("x") + slot("r", schema=schema), byte_tok)
+    except CompileError:
+        return  # refused with a reason (e.g. "not"), not a crash
+    for instance in ({"a": 1}, {"a": "x"}, {"b": 1}, 3, [1]):
+        valid = jsonschema.Draft202012Validator(schema).is_valid(instance)
+        _, accepted = json_accepts(program, "r", instance)
+        assert accepted == valid, (schema, instance, valid)

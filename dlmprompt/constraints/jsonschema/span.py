@@ -278,7 +278,9 @@ def _orders(instance: Any, schema: Any, root: Any, depth: int) -> list[Any]:
     if isinstance(schema.get("allOf"), list):
         props: dict[str, Any] = {}
         for b in schema["allOf"]:
-            props.update((_resolve(b, root) or {}).get("properties", {}) or {})
+            sub = _resolve(b, root)
+            if isinstance(sub, dict):  # a boolean sub-schema names no properties
+                props.update(sub.get("properties", {}) or {})
         props.update(schema.get("properties", {}) or {})
         branches = [{**schema, "properties": props}]
     out: list[Any] = []
