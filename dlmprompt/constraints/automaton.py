@@ -34,8 +34,34 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _sre_parse  # type: ignore[no-redef]
 
 
+class Walks:
+    """What every token automaton answers from ``token_class``, ``n_classes``, ``start``,
+    ``accept`` and its own ``step`` (dense :class:`TokenAutomaton`, sparse edge lists)."""
+
+    @cached_property
+    def class_members(self) -> list[np.ndarray]:
+        """The token ids of each class."""
+        order = np.argsort(self.token_class, kind="stable")  # type: ignore[attr-defined]
+        counts = np.bincount(self.token_class[self.token_class >= 0], minlength=self.n_classes)  # type: ignore[attr-defined]
+        start = int((self.token_class < 0).sum())
+        out = []
+        for c in range(self.n_classes):
+            out.append(order[start : start + counts[c]])
+            start += counts[c]
+        return out
+
+    def accepts(self, tokens: list[int] | np.ndarray) -> bool:
+        """Whether the token sequence is a complete value."""
+        s = self.start
+        for t in tokens:
+            s = self.step(s, int(t))
+            if s < 0:
+                return False
+        return bool(self.accept[s])
+
+
 @dataclass(frozen=True, eq=False)
-class TokenAutomaton:
+class TokenAutomaton(Walks):
     """A deterministic automaton over token ids, with tokens grouped in classes.
 
     * ``token_class[v]``: the class of token ``v``, or -1 if ``v`` is never allowed.
@@ -59,31 +85,12 @@ class TokenAutomaton:
     def n_classes(self) -> int:
         return int(self.next_state.shape[0])
 
-    @cached_property
-    def class_members(self) -> list[np.ndarray]:
-        order = np.argsort(self.token_class, kind="stable")
-        counts = np.bincount(self.token_class[self.token_class >= 0], minlength=self.n_classes)
-        start = int((self.token_class < 0).sum())
-        out = []
-        for c in range(self.n_classes):
-            out.append(order[start : start + counts[c]])
-            start += counts[c]
-        return out
-
     def step(self, state: int, token: int) -> int:
         """The state after ``token`` (-1 if not allowed)."""
         if state < 0:
             return -1
         c = int(self.token_class[token]) if 0 <= token < len(self.token_class) else -1
         return -1 if c < 0 else int(self.next_state[c, state])
-
-    def accepts(self, tokens: list[int] | np.ndarray) -> bool:
-        s = self.start
-        for t in tokens:
-            s = self.step(s, int(t))
-            if s < 0:
-                return False
-        return bool(self.accept[s])
 
     def feasible_lengths(self, up_to: int) -> np.ndarray:
         """``ok[k]`` for k in 0..up_to: whether some accepted token sequence has exactly k tokens."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dlmprompt.constraints.automaton import TokenAutomaton, byte_dfa, checked_pattern, token_bytes_of
+from dlmprompt.constraints.automaton import TokenAutomaton, Walks, byte_dfa, checked_pattern, token_bytes_of
 from dlmprompt.errors import CompileError
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ _JOINERS = np.frombuffer(b".@-'+%", dtype=np.uint8)
 
 
 @dataclass(frozen=True, eq=False)
-class SparseTokenAutomaton:
+class SparseTokenAutomaton(Walks):
     """A token automaton kept as edge lists: ``src[e] --cls[e]--> dst[e]``, sorted by ``src``.
 
     The same questions as :class:`TokenAutomaton` answer here; ``next_state`` is not kept (its
@@ -64,16 +64,6 @@ class SparseTokenAutomaton:
     sparse = True
 
     @cached_property
-    def class_members(self) -> list[np.ndarray]:
-        order = np.argsort(self.token_class, kind="stable")
-        counts = np.bincount(self.token_class[self.token_class >= 0], minlength=self.n_classes)
-        out, at = [], int((self.token_class < 0).sum())
-        for c in range(self.n_classes):
-            out.append(order[at : at + counts[c]])
-            at += counts[c]
-        return out
-
-    @cached_property
     def _lookup(self) -> dict[tuple[int, int], int]:
         return {(int(s), int(c)): int(d) for s, c, d in zip(self.src, self.cls, self.dst)}
 
@@ -81,14 +71,6 @@ class SparseTokenAutomaton:
         if state < 0 or not 0 <= token < len(self.token_class) or self.token_class[token] < 0:
             return -1
         return self._lookup.get((state, int(self.token_class[token])), -1)
-
-    def accepts(self, tokens: list[int] | np.ndarray) -> bool:
-        s = self.start
-        for t in tokens:
-            s = self.step(s, int(t))
-            if s < 0:
-                return False
-        return bool(self.accept[s])
 
     def feasible_lengths(self, up_to: int) -> np.ndarray:
         ok = np.zeros(up_to + 1, dtype=bool)
