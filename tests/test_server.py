@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field
 import dlmprompt
 from dlmprompt import Prompt, compile, generate, sample, slot
 from dlmprompt.serving.engine import Engine, QueueFull
-from dlmprompt.serving.server import Limits, background, create_app
+from dlmprompt.serving.protocol import Limits
+from dlmprompt.serving.server import background, create_app
 
 
 class Gated:

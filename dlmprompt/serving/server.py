@@ -18,130 +18,42 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import functools
 import hmac
 import json
 import re
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dlmprompt.compiler import Program, compile
 from dlmprompt.errors import DLMPromptError
 from dlmprompt.sampling.events import Result, Step
 from dlmprompt.serving.engine import Engine, Job, QueueFull
+from dlmprompt.serving.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    GenerateRequest,
+    Limits,
+    OpenAIRequest,
+    answer_span,
+    answer_text,
+    check_unsupported,
+    error_body,
+    finish_reason,
+    openai_prompt,
+    sse,
+    usage,
+)
 from dlmprompt.spec import Json, Prompt
-from dlmprompt.spec import slot as make_slot
 from dlmprompt.templating import render_chat
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for. Each bound is refused with a 4xx naming it."""
-
-    max_body_bytes: int = 1 << 20
-    max_canvas: int = 2048  # tokens on the compiled canvas
-    max_slots: int = 64
-    max_grammar_chars: int = 100_000  # a JSON schema, regex, choice list or Lark grammar, as JSON text
-    max_steps: int = 1024
-    max_tokens: int = 1024  # a free-text / regex / choice answer, in tokens
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-
-
-def _error_body(message: str, type: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "code": code}}
-
-
-# ---------------------------------------------------------------------------------------------- requests
-class _Req(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GenerateRequest(_Req):
-    # one of: a prompt spec, a template by name (shipped, or in the server's --templates folder),
-    # or template source (only with --allow-template-source)
-    prompt: Prompt | None = None
-    template: str | None = Field(default=None, max_length=128)
-    template_source: str | None = None
-    variables: dict[str, Any] = Field(default_factory=dict)
-    seed: int | None = None
-    stream: bool = False
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: Union[str, list[dict[str, Any]], None] = None
-
-
-class _JsonSchemaFormat(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-    name: str = "response"
-    json_schema: Union[dict[str, Any], None] = Field(default=None, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: _JsonSchemaFormat | None = None
-
-
-class _OpenAIBase(BaseModel):
-    # OpenAI clients send many optional fields (n, top_p, stop, user, ...); unknown ones are
-    # accepted and ignored only when they do not change the result (see _check_unsupported)
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
-    temperature: float | None = Field(default=None, ge=0.0)
-    seed: int | None = None
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)
-    response_format: ResponseFormat | None = None
-    # dlmprompt extras (openai clients pass them with extra_body=...)
-    regex: str | None = None
-    choice: list[str] | None = None
-    grammar: str | None = None
-    prompt_spec: Prompt | None = Field(default=None, alias="dlmprompt_prompt")
-    steps: int | None = Field(default=None, gt=0)
-    # the answer (or each free string of a JSON answer) is a span of these texts; true: of the prompt
-    grounded: Union[bool, str, list[str], dict[str, Any], None] = None
-
-
-class ChatRequest(_OpenAIBase):
-    messages: list[ChatMessage] = Field(min_length=1)
-
-
-class CompletionRequest(_OpenAIBase):
-    prompt: str
-    suffix: str | None = None
-
-
-_IGNORED_OK = {"top_p", "user", "stop", "frequency_penalty", "presence_penalty", "logit_bias", "stream_options"}
-
-
-def _check_unsupported(req: BaseModel) -> None:
-    extra = sorted(set(req.model_extra or {}) - _IGNORED_OK)
-    if extra:
-        raise APIError(400, f"unsupported field(s) {extra}", code="unsupported_field")
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -341,101 +253,6 @@ class Server:
         }
 
 
-def _sse(data: Any, event: str | None = None) -> bytes:
-    head = f"event: {event}\n" if event else ""
-    return (head + "data: " + json.dumps(data, separators=(",", ":")) + "\n\n").encode()
-
-
-# ---------------------------------------------------------------------------------------------- OpenAI mapping
-def _answer_slot(req: _OpenAIBase, limits: Limits, tokenizer: Any, text: str = "") -> Any:
-    """The slot that holds the answer, from response_format / regex / choice / max_tokens."""
-    n = req.max_completion_tokens or req.max_tokens
-    ground = req.grounded
-    if ground is True:
-        ground = text  # the prompt as the model sees it
-    elif ground is False:
-        ground = None
-    slot = functools.partial(make_slot, grounded=ground)
-    kinds = [k for k, v in (("regex", req.regex), ("choice", req.choice), ("grammar", req.grammar)) if v is not None]
-    rf = req.response_format
-    if rf is not None and rf.type != "text":
-        kinds.append("response_format")
-    if len(kinds) > 1:
-        raise APIError(
-            400, f"give one of regex, choice and response_format, not {kinds}", code="conflicting_constraints"
-        )
-    if n is not None and n > limits.max_tokens and not (rf is not None and rf.type != "text"):
-        raise APIError(400, f"max_tokens={n}; this server allows {limits.max_tokens}", code="too_many_tokens")
-    if rf is not None and rf.type == "json_schema":
-        if rf.json_schema is None or rf.json_schema.json_schema is None:
-            raise APIError(400, "response_format json_schema needs json_schema.schema", code="bad_response_format")
-        return slot("content", schema=rf.json_schema.json_schema, max_tokens=min(n or 16, 64))
-    if rf is not None and rf.type == "json_object":
-        return slot("content", schema={"type": "object"}, max_tokens=min(n or 16, 64))
-    if req.regex is not None:
-        return slot("content", regex=req.regex, max_tokens=n or 32)
-    if req.grammar is not None:
-        return slot("content", grammar=req.grammar, max_tokens=n or 64)
-    if req.choice is not None:
-        if not req.choice:
-            raise APIError(400, "choice needs at least one option", code="bad_choice")
-        longest = max(len(tokenizer.encode(o)) for o in req.choice)
-        return slot("content", choice=req.choice, max_tokens=max(n or 0, longest, 1))
-    return slot("content", max_tokens=n or 64)
-
-
-def openai_prompt(req: _OpenAIBase, text: str, suffix: str | None, limits: Limits, tokenizer: Any) -> Prompt:
-    """The dlmprompt prompt of an OpenAI-style request: the text, then the answer slot (then the
-    completions ``suffix``); or the whole ``dlmprompt_prompt`` spec when one is given."""
-    if req.prompt_spec is not None:
-        prompt = req.prompt_spec
-    else:
-        try:
-            prompt = Prompt(text) + _answer_slot(req, limits, tokenizer, text)
-        except DLMPromptError as exc:
-            raise APIError(400, f"{type(exc).__name__}: {exc}", code="bad_constraint") from None
-        if suffix:
-            prompt = prompt + suffix
-    options: dict[str, Any] = {}
-    if req.temperature is not None:
-        options["temperature"] = req.temperature
-    if req.steps is not None:
-        options["steps"] = req.steps
-    return prompt.with_sampling(**options) if options else prompt
-
-
-def _answer_span(prog: Program) -> tuple[int, int]:
-    """Where the answer lies: from the first slot (or JSON template) to the end of the last one;
-    the anchors before are the prompt, the anchors after (a completions ``suffix``) are not sent."""
-    spans = [(s.start, s.stop) for s in prog.layout.slots if s.parent is None]
-    spans += [(j.start, j.stop) for j in prog.json_slots]
-    if not spans:
-        return len(prog.layout), len(prog.layout)
-    return min(a for a, _ in spans), max(z for _, z in spans)
-
-
-def _content(result: Result) -> str:
-    prog = result.program
-    start, stop = _answer_span(prog)
-    ids = [int(t) for t in result.canvas[start:stop].tolist() if t != prog.pad_id]
-    return prog.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
-
-
-def _finish_reason(result: Result) -> str:
-    for s in result.program.layout.slots:
-        if s.parent is None and s.mode == "at_most" and not isinstance(s.constraint, Json):
-            if len(result.captures[s.name].tokens) == s.length:
-                return "length"
-    return "stop"
-
-
-def _usage(result: Result) -> dict[str, int]:
-    prog = result.program
-    anchors = int((prog.layout.slot_of < 0).sum())
-    filled = int(((prog.layout.slot_of >= 0) & (result.canvas != prog.pad_id)).sum())
-    return {"prompt_tokens": anchors, "completion_tokens": filled, "total_tokens": anchors + filled}
-
-
 class _Guard:
     """Pure ASGI middleware in front of /v1 and /metrics: API key (constant-time compare) and the
     body size bound, checked before any handler reads the body (chunked bodies are buffered up to
@@ -447,7 +264,7 @@ class _Guard:
 
     async def _refuse(self, send: Any, path: str, status: int, message: str, code: str) -> None:
         self.server.count(path, status)
-        body = json.dumps(_error_body(message, "invalid_request_error", code)).encode()
+        body = json.dumps(error_body(message, "invalid_request_error", code)).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -522,7 +339,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
 
     def err(status: int, message: str, type: str = "invalid_request_error", code: str | None = None) -> Any:
         headers = {"Retry-After": "1"} if status == 429 else None
-        return JSONResponse(_error_body(message, type, code), status_code=status, headers=headers)
+        return JSONResponse(error_body(message, type, code), status_code=status, headers=headers)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Any:
@@ -584,7 +401,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
                     try:
                         result = item.result()
                     except Exception as exc:
-                        yield _sse(_error_body(f"{type(exc).__name__}: {exc}", "server_error", None), "error")
+                        yield sse(error_body(f"{type(exc).__name__}: {exc}", "server_error", None), "error")
                         return
                     for chunk in to_events.final(result):
                         yield chunk
@@ -631,11 +448,11 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             class Native:
                 @staticmethod
                 def step(step: Step) -> list[bytes]:
-                    return [_sse(server.step_json(step), "step")]
+                    return [sse(server.step_json(step), "step")]
 
                 @staticmethod
                 def final(result: Result) -> list[bytes]:
-                    return [_sse({**server.result_json(result), **rendered}, "result")]
+                    return [sse({**server.result_json(result), **rendered}, "result")]
 
             resp = streamer(lambda cb: server.submit(program, req.seed, cb), Native)
             server.count("/v1/generate", 200)
@@ -645,8 +462,8 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
         server.count("/v1/generate", 200)
         return {**server.result_json(result), **rendered}
 
-    async def openai_run(req: _OpenAIBase, request: Request, text: str, suffix: str | None, chat: bool) -> Any:
-        _check_unsupported(req)
+    async def openai_run(req: OpenAIRequest, request: Request, text: str, suffix: str | None, chat: bool) -> Any:
+        check_unsupported(req)
         route = "/v1/chat/completions" if chat else "/v1/completions"
         prompt = openai_prompt(req, text, suffix, server.limits, server.tokenizer)
         program = await server.compile(prompt)
@@ -668,11 +485,11 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
                 "object": "chat.completion" if chat else "text_completion",
                 "created": created,
                 "model": model,
-                "choices": [choice(_content(result), _finish_reason(result))],
-                "usage": _usage(result),
+                "choices": [choice(answer_text(result), finish_reason(result))],
+                "usage": usage(result),
             }
 
-        first, last = _answer_span(program)
+        first, last = answer_span(program)
 
         class Deltas:
             """Append-only deltas: the settled left-to-right prefix of the answer, as it grows."""
@@ -693,7 +510,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
                 else:
                     ch = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
                     obj = "text_completion"
-                return _sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [ch]})
+                return sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [ch]})
 
             @classmethod
             def advance(cls, canvas: Any) -> str:
@@ -719,7 +536,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             def final(cls, result: Result) -> list[bytes]:
                 text = cls.advance(result.canvas) + cls.decoder.decode(b"", final=True)
                 out = [cls.chunk(text, None)] if text else []
-                out.append(cls.chunk(None if chat else "", _finish_reason(result)))
+                out.append(cls.chunk(None if chat else "", finish_reason(result)))
                 out.append(b"data: [DONE]\n\n")
                 return out
 

@@ -1,0 +1,215 @@
+"""The wire protocol of ``dlmprompt serve``: the limits a request must keep, API errors in the
+documented ``{"error": {"message", "type", "code"}}`` shape, the request bodies (native and
+OpenAI-compatible), how an OpenAI request becomes a prompt (its answer slot from
+``response_format`` / ``regex`` / ``choice`` / ``grammar`` / ``grounded``) and how a result becomes
+an OpenAI answer (text, finish reason, usage), and server-sent events."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dlmprompt.compiler import Program
+from dlmprompt.errors import DLMPromptError
+from dlmprompt.sampling.events import Result
+from dlmprompt.spec import Json, Prompt
+from dlmprompt.spec import slot as make_slot
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. Each bound is refused with a 4xx naming it."""
+
+    max_body_bytes: int = 1 << 20
+    max_canvas: int = 2048  # tokens on the compiled canvas
+    max_slots: int = 64
+    max_grammar_chars: int = 100_000  # a JSON schema, regex, choice list or Lark grammar, as JSON text
+    max_steps: int = 1024
+    max_tokens: int = 1024  # a free-text / regex / choice answer, in tokens
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+
+
+def error_body(message: str, type: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "code": code}}
+
+
+# ---------------------------------------------------------------------------------------------- requests
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerateRequest(_Req):
+    # one of: a prompt spec, a template by name (shipped, or in the server's --templates folder),
+    # or template source (only with --allow-template-source)
+    prompt: Prompt | None = None
+    template: str | None = Field(default=None, max_length=128)
+    template_source: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    stream: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: Union[str, list[dict[str, Any]], None] = None
+
+
+class _JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str = "response"
+    json_schema: Union[dict[str, Any], None] = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchemaFormat | None = None
+
+
+class OpenAIRequest(BaseModel):
+    # OpenAI clients send many optional fields (n, top_p, stop, user, ...); unknown ones are
+    # accepted and ignored only when they do not change the result (see check_unsupported)
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0)
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1)
+    response_format: ResponseFormat | None = None
+    # dlmprompt extras (openai clients pass them with extra_body=...)
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    prompt_spec: Prompt | None = Field(default=None, alias="dlmprompt_prompt")
+    steps: int | None = Field(default=None, gt=0)
+    # the answer (or each free string of a JSON answer) is a span of these texts; true: of the prompt
+    grounded: Union[bool, str, list[str], dict[str, Any], None] = None
+
+
+class ChatRequest(OpenAIRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(OpenAIRequest):
+    prompt: str
+    suffix: str | None = None
+
+
+_IGNORED_OK = {"top_p", "user", "stop", "frequency_penalty", "presence_penalty", "logit_bias", "stream_options"}
+
+
+def check_unsupported(req: BaseModel) -> None:
+    extra = sorted(set(req.model_extra or {}) - _IGNORED_OK)
+    if extra:
+        raise APIError(400, f"unsupported field(s) {extra}", code="unsupported_field")
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return (head + "data: " + json.dumps(data, separators=(",", ":")) + "\n\n").encode()
+
+
+# ---------------------------------------------------------------------------------------------- OpenAI mapping
+def _answer_slot(req: OpenAIRequest, limits: Limits, tokenizer: Any, text: str = "") -> Any:
+    """The slot that holds the answer, from response_format / regex / choice / max_tokens."""
+    n = req.max_completion_tokens or req.max_tokens
+    ground = req.grounded
+    if ground is True:
+        ground = text  # the prompt as the model sees it
+    elif ground is False:
+        ground = None
+    slot = functools.partial(make_slot, grounded=ground)
+    kinds = [k for k, v in (("regex", req.regex), ("choice", req.choice), ("grammar", req.grammar)) if v is not None]
+    rf = req.response_format
+    if rf is not None and rf.type != "text":
+        kinds.append("response_format")
+    if len(kinds) > 1:
+        raise APIError(
+            400, f"give one of regex, choice and response_format, not {kinds}", code="conflicting_constraints"
+        )
+    if n is not None and n > limits.max_tokens and not (rf is not None and rf.type != "text"):
+        raise APIError(400, f"max_tokens={n}; this server allows {limits.max_tokens}", code="too_many_tokens")
+    if rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None or rf.json_schema.json_schema is None:
+            raise APIError(400, "response_format json_schema needs json_schema.schema", code="bad_response_format")
+        return slot("content", schema=rf.json_schema.json_schema, max_tokens=min(n or 16, 64))
+    if rf is not None and rf.type == "json_object":
+        return slot("content", schema={"type": "object"}, max_tokens=min(n or 16, 64))
+    if req.regex is not None:
+        return slot("content", regex=req.regex, max_tokens=n or 32)
+    if req.grammar is not None:
+        return slot("content", grammar=req.grammar, max_tokens=n or 64)
+    if req.choice is not None:
+        if not req.choice:
+            raise APIError(400, "choice needs at least one option", code="bad_choice")
+        longest = max(len(tokenizer.encode(o)) for o in req.choice)
+        return slot("content", choice=req.choice, max_tokens=max(n or 0, longest, 1))
+    return slot("content", max_tokens=n or 64)
+
+
+def openai_prompt(req: OpenAIRequest, text: str, suffix: str | None, limits: Limits, tokenizer: Any) -> Prompt:
+    """The dlmprompt prompt of an OpenAI-style request: the text, then the answer slot (then the
+    completions ``suffix``); or the whole ``dlmprompt_prompt`` spec when one is given."""
+    if req.prompt_spec is not None:
+        prompt = req.prompt_spec
+    else:
+        try:
+            prompt = Prompt(text) + _answer_slot(req, limits, tokenizer, text)
+        except DLMPromptError as exc:
+            raise APIError(400, f"{type(exc).__name__}: {exc}", code="bad_constraint") from None
+        if suffix:
+            prompt = prompt + suffix
+    options: dict[str, Any] = {}
+    if req.temperature is not None:
+        options["temperature"] = req.temperature
+    if req.steps is not None:
+        options["steps"] = req.steps
+    return prompt.with_sampling(**options) if options else prompt
+
+
+def answer_span(prog: Program) -> tuple[int, int]:
+    """Where the answer lies: from the first slot (or JSON template) to the end of the last one;
+    the anchors before are the prompt, the anchors after (a completions ``suffix``) are not sent."""
+    spans = [(s.start, s.stop) for s in prog.layout.slots if s.parent is None]
+    spans += [(j.start, j.stop) for j in prog.json_slots]
+    if not spans:
+        return len(prog.layout), len(prog.layout)
+    return min(a for a, _ in spans), max(z for _, z in spans)
+
+
+def answer_text(result: Result) -> str:
+    prog = result.program
+    start, stop = answer_span(prog)
+    ids = [int(t) for t in result.canvas[start:stop].tolist() if t != prog.pad_id]
+    return prog.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def finish_reason(result: Result) -> str:
+    for s in result.program.layout.slots:
+        if s.parent is None and s.mode == "at_most" and not isinstance(s.constraint, Json):
+            if len(result.captures[s.name].tokens) == s.length:
+                return "length"
+    return "stop"
+
+
+def usage(result: Result) -> dict[str, int]:
+    prog = result.program
+    anchors = int((prog.layout.slot_of < 0).sum())
+    filled = int(((prog.layout.slot_of >= 0) & (result.canvas != prog.pad_id)).sum())
+    return {"prompt_tokens": anchors, "completion_tokens": filled, "total_tokens": anchors + filled}
