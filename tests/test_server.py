@@ -339,3 +339,44 @@ def test_official_openai_client(live) -> None:
         client.completions.create(model="x", prompt="1+", extra_body={"grammar": "start: NUMBER ("})
     with pytest.raises(openai.BadRequestError, match=r"CompileError"):
         client.completions.create(model="x", prompt="1+", extra_body={"regex": "(("})
+
+
+def test_structured_output_dialects_of_other_clients(den) -> None:  # type: ignore[no-untyped-def]
+    """vLLM's structured_outputs and guided_* fields, the older json_object + schema form, and
+    stream_options.include_usage, through the real openai client."""
+    from openai import OpenAI
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    with background(den) as srv:
+        client = OpenAI(base_url=srv.url + "/v1", api_key="x")
+        msgs = [{"role": "user", "content": "A number?"}]
+        answers = {
+            "structured_outputs.json": dict(extra_body={"structured_outputs": {"json": schema}}),
+            "guided_json": dict(extra_body={"guided_json": json.dumps(schema)}),
+            "json_object+schema": dict(response_format={"type": "json_object", "schema": schema}),
+        }
+        for name, kw in answers.items():
+            done = client.chat.completions.create(model="x", messages=msgs, seed=1, **kw)
+            content = done.choices[0].message.content
+            assert content.startswith("{"), name
+            jsonschema.validate(json.loads(content), schema)
+        for kw, check in (
+            (dict(extra_body={"structured_outputs": {"regex": "[0-9]{3}"}}), lambda t: re.fullmatch("[0-9]{3}", t)),
+            (dict(extra_body={"guided_regex": "[a-c]{2}"}), lambda t: re.fullmatch("[a-c]{2}", t)),
+            (dict(extra_body={"guided_choice": ["up", "down"]}), lambda t: t in ("up", "down")),
+            (dict(extra_body={"structured_outputs": {"choice": ["yes", "no"]}}), lambda t: t in ("yes", "no")),
+            (dict(extra_body={"guided_grammar": 'start: "a"+ "b"'}, max_tokens=6), lambda t: re.fullmatch("a+b", t)),
+        ):
+            done = client.chat.completions.create(model="x", messages=msgs, **kw)
+            assert check(done.choices[0].message.content), (kw, done.choices[0].message.content)
+        with pytest.raises(Exception, match=r"give one constraint; got structured_outputs\.choice and guided_regex"):
+            client.chat.completions.create(
+                model="x", messages=msgs, extra_body={"guided_regex": "a", "structured_outputs": {"choice": ["b"]}}
+            )
+        chunks = list(
+            client.chat.completions.create(
+                model="x", messages=msgs, stream=True, stream_options={"include_usage": True}, max_tokens=4
+            )
+        )
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+        assert all(c.usage is None for c in chunks[:-1])

@@ -75,9 +75,27 @@ class _JsonSchemaFormat(BaseModel):
 
 
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     type: Literal["text", "json_object", "json_schema"]
     json_schema: _JsonSchemaFormat | None = None
+    # the older form some clients still send: {"type": "json_object", "schema": {...}}
+    object_schema: Union[dict[str, Any], None] = Field(default=None, alias="schema")
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's ``structured_outputs`` (and, field by field, its older ``guided_*`` extras)."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: Union[dict[str, Any], str, None] = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
 
 
 class OpenAIRequest(BaseModel):
@@ -92,6 +110,13 @@ class OpenAIRequest(BaseModel):
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
     response_format: ResponseFormat | None = None
+    stream_options: StreamOptions | None = None
+    # vLLM's dialects: structured_outputs, and the older guided_* fields
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: Union[dict[str, Any], str, None] = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
     # dlmprompt extras (openai clients pass them with extra_body=...)
     regex: str | None = None
     choice: list[str] | None = None
@@ -111,7 +136,7 @@ class CompletionRequest(OpenAIRequest):
     suffix: str | None = None
 
 
-_IGNORED_OK = {"top_p", "user", "stop", "frequency_penalty", "presence_penalty", "logit_bias", "stream_options"}
+_IGNORED_OK = {"top_p", "user", "stop", "frequency_penalty", "presence_penalty", "logit_bias"}
 
 
 def check_unsupported(req: BaseModel) -> None:
@@ -126,8 +151,48 @@ def sse(data: Any, event: str | None = None) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- OpenAI mapping
+def _constraints(req: OpenAIRequest) -> dict[str, Any]:
+    """Every way a request may constrain its answer, each once: ``schema``, ``regex``, ``choice``,
+    ``grammar`` (from ``response_format``, dlmprompt's extras, vLLM's ``structured_outputs`` and
+    ``guided_*``). Two at once is an error naming both."""
+    found: dict[str, tuple[str, Any]] = {}
+
+    def add(kind: str, value: Any, source: str) -> None:
+        if value is None:
+            return
+        if kind == "schema" and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise APIError(400, f"{source}: not a JSON Schema (invalid JSON)", code="bad_response_format") from None
+        if found:
+            (other,) = [src for src, _ in found.values()]
+            raise APIError(400, f"give one constraint; got {other} and {source}", code="conflicting_constraints")
+        found[kind] = (source, value)
+
+    rf = req.response_format
+    if rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None or rf.json_schema.json_schema is None:
+            raise APIError(400, "response_format json_schema needs json_schema.schema", code="bad_response_format")
+        add("schema", rf.json_schema.json_schema, "response_format")
+    elif rf is not None and rf.type == "json_object":
+        add("schema", rf.object_schema or {"type": "object"}, "response_format")
+    for kind in ("regex", "choice", "grammar"):
+        add(kind, getattr(req, kind), kind)
+    so = req.structured_outputs
+    if so is not None:
+        add("schema", so.json_, "structured_outputs.json")
+        add("schema", {"type": "object"} if so.json_object else None, "structured_outputs.json_object")
+        for kind in ("regex", "choice", "grammar"):
+            add(kind, getattr(so, kind), f"structured_outputs.{kind}")
+    add("schema", req.guided_json, "guided_json")
+    for kind in ("regex", "choice", "grammar"):
+        add(kind, getattr(req, f"guided_{kind}"), f"guided_{kind}")
+    return {k: v for k, (_, v) in found.items()}
+
+
 def _answer_slot(req: OpenAIRequest, limits: Limits, tokenizer: Any, text: str = "") -> Any:
-    """The slot that holds the answer, from response_format / regex / choice / max_tokens."""
+    """The slot that holds the answer, from the request's constraint (any dialect) and max_tokens."""
     n = req.max_completion_tokens or req.max_tokens
     ground = req.grounded
     if ground is True:
@@ -135,31 +200,21 @@ def _answer_slot(req: OpenAIRequest, limits: Limits, tokenizer: Any, text: str =
     elif ground is False:
         ground = None
     slot = functools.partial(make_slot, grounded=ground)
-    kinds = [k for k, v in (("regex", req.regex), ("choice", req.choice), ("grammar", req.grammar)) if v is not None]
-    rf = req.response_format
-    if rf is not None and rf.type != "text":
-        kinds.append("response_format")
-    if len(kinds) > 1:
-        raise APIError(
-            400, f"give one of regex, choice and response_format, not {kinds}", code="conflicting_constraints"
-        )
-    if n is not None and n > limits.max_tokens and not (rf is not None and rf.type != "text"):
+    want = _constraints(req)
+    if n is not None and n > limits.max_tokens and "schema" not in want:
         raise APIError(400, f"max_tokens={n}; this server allows {limits.max_tokens}", code="too_many_tokens")
-    if rf is not None and rf.type == "json_schema":
-        if rf.json_schema is None or rf.json_schema.json_schema is None:
-            raise APIError(400, "response_format json_schema needs json_schema.schema", code="bad_response_format")
-        return slot("content", schema=rf.json_schema.json_schema, max_tokens=min(n or 16, 64))
-    if rf is not None and rf.type == "json_object":
-        return slot("content", schema={"type": "object"}, max_tokens=min(n or 16, 64))
-    if req.regex is not None:
-        return slot("content", regex=req.regex, max_tokens=n or 32)
-    if req.grammar is not None:
-        return slot("content", grammar=req.grammar, max_tokens=n or 64)
-    if req.choice is not None:
-        if not req.choice:
+    if "schema" in want:
+        return slot("content", schema=want["schema"], max_tokens=min(n or 16, 64))
+    if "regex" in want:
+        return slot("content", regex=want["regex"], max_tokens=n or 32)
+    if "grammar" in want:
+        return slot("content", grammar=want["grammar"], max_tokens=n or 64)
+    if "choice" in want:
+        options = want["choice"]
+        if not options:
             raise APIError(400, "choice needs at least one option", code="bad_choice")
-        longest = max(len(tokenizer.encode(o)) for o in req.choice)
-        return slot("content", choice=req.choice, max_tokens=max(n or 0, longest, 1))
+        longest = max(len(tokenizer.encode(o)) for o in options)
+        return slot("content", choice=options, max_tokens=max(n or 0, longest, 1))
     return slot("content", max_tokens=n or 64)
 
 

@@ -537,6 +537,10 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
                 text = cls.advance(result.canvas) + cls.decoder.decode(b"", final=True)
                 out = [cls.chunk(text, None)] if text else []
                 out.append(cls.chunk(None if chat else "", finish_reason(result)))
+                if req.stream_options is not None and req.stream_options.include_usage:
+                    obj = "chat.completion.chunk" if chat else "text_completion"
+                    tail = {"id": ident, "object": obj, "created": created, "model": model, "choices": []}
+                    out.append(sse({**tail, "usage": usage(result)}))
                 out.append(b"data: [DONE]\n\n")
                 return out
 
