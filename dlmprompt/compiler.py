@@ -306,7 +306,14 @@ def _lay_out_json(
     except SchemaError as exc:
         template, refusal = None, exc
     # grounded strings need the template (the context-free span cannot hold a span constraint)
-    grounded = c.grounded is not None or '"x-grounded"' in json.dumps(c.json_schema)
+    grounded = c.grounded is not None or _marks_grounding(c.json_schema)
+    if constrained and grounded and refusal is not None:
+        raise SchemaError(
+            f"{refusal.reason}; a grounded JSON slot needs a schema the template takes (the context-free span "
+            "cannot hold a span constraint)",
+            path=refusal.path,
+            slot=part.name,
+        )
     if constrained and (refusal is not None or (template.notes and not grounded)):  # type: ignore[union-attr]
         # not exact as a template: one context-free span (llguidance), when it takes the schema
         if refusal is not None:
@@ -369,7 +376,24 @@ def _lay_out_json(
             constraint=Regex(pattern=piece.regex),
             parent=part.name,
         )
-    return template.notes
+    notes = list(template.notes)
+    if constrained and c.grounded is not None:
+        for piece in template.parts:
+            if not isinstance(piece, str) and piece.kind in ("value", "property", "properties"):
+                notes.append(
+                    f"{piece.path or '/'}: not grounded (strings inside an optional property, a union, an "
+                    "array or extra properties are not reached by grounded=; make them required)"
+                )
+    return notes
+
+
+def _marks_grounding(schema: Any) -> bool:
+    """Whether any sub-schema carries ``x-grounded``."""
+    if isinstance(schema, dict):
+        return "x-grounded" in schema or any(_marks_grounding(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_marks_grounding(v) for v in schema)
+    return False
 
 
 def _add_span(

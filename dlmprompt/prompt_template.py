@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 
 import jinja2
 from jinja2 import nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import Namespace
@@ -71,7 +72,7 @@ TYPES = ("string", "integer", "number", "boolean", "array", "object", "schema", 
 _HEADER = re.compile(r"\A\s*\{#-?[ \t]*---[ \t]*\n(.*?)\n[ \t]*---[ \t]*-?#\}[ \t]*\n?", re.S)
 _HEADER_KEYS = {"description", "variables", "example"}
 _WIDE_STR_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs"}
-_PERCENT_WIDTH = re.compile(r"%[-#0 +]*(\*|[0-9]+)?(?:\.(\*|[0-9]+))?")
+_PERCENT_WIDTH = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|[0-9]+)?(?:\.(\*|[0-9]+))?")
 _FORMAT_SPEC = re.compile(r"\{[^{}:]*:([^{}]*)\}")
 
 
@@ -191,8 +192,26 @@ class _Namespace(Namespace):
 
 
 # ------------------------------------------------------------------------------- the environment
+class _Codegen(CodeGenerator):
+    """``a ~ b`` through :meth:`_Env.checked_join`, so concatenation stays within the budget."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Any) -> None:
+        self.write("environment.checked_join((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _Env(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%"})
+    code_generator_class = _Codegen
+
+    def checked_join(self, parts: tuple[Any, ...]) -> str:
+        texts = [str(x) for x in parts]
+        if sum(len(t) for t in texts) > MAX_OUTPUT_CHARS:
+            raise _Refusal(f"a concatenation (~) of more than {MAX_OUTPUT_CHARS:,} characters")
+        return "".join(texts)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(left, int) and isinstance(right, int):
@@ -200,17 +219,29 @@ class _Env(ImmutableSandboxedEnvironment):
                 raise _Refusal(f"{left} ** {right} is too large for a template")
         if operator == "*":
             seq, n = (left, right) if isinstance(right, int) else (right, left)
-            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT_CHARS:
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and _size(seq) * n > MAX_OUTPUT_CHARS:
                 raise _Refusal(f"repeating {len(seq)} items {n:,} times passes the output budget")
+            if isinstance(left, int) and isinstance(right, int):
+                if left.bit_length() + right.bit_length() > 4 * MAX_OUTPUT_CHARS:
+                    raise _Refusal("a product too large for a template")
         if operator == "%" and isinstance(left, str):
             _check_widths(left)
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         name = getattr(__obj, "__name__", "")
-        if isinstance(getattr(__obj, "__self__", None), str) and name in _WIDE_STR_METHODS:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and name in _WIDE_STR_METHODS:
             if any(isinstance(a, int) and a > MAX_OUTPUT_CHARS for a in (*args, *kwargs.values())):
                 raise _Refusal(f"str.{name}() wider than {MAX_OUTPUT_CHARS:,} characters")
+        if isinstance(owner, str) and name == "replace" and len(args) >= 2 and isinstance(args[1], str):
+            old, new = str(args[0]), args[1]
+            grow = owner.count(old) * max(len(new) - len(old), 0) if old else (len(owner) + 1) * len(new)
+            if len(owner) + grow > MAX_OUTPUT_CHARS:
+                raise _Refusal(f"str.replace() would build more than {MAX_OUTPUT_CHARS:,} characters")
+        if isinstance(owner, str) and name == "join" and args and isinstance(args[0], (list, tuple)):
+            if _size(args[0]) + len(owner) * len(args[0]) > MAX_OUTPUT_CHARS:
+                raise _Refusal(f"str.join() would build more than {MAX_OUTPUT_CHARS:,} characters")
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Any:
@@ -226,13 +257,26 @@ class _Env(ImmutableSandboxedEnvironment):
         return checked
 
 
+def _size(value: Any) -> int:
+    """Characters a sequence stands for: a string's length, or the total of a list's items."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(len(x) if isinstance(x, str) else 1 for x in value) + len(value)
+    return 1
+
+
 def _check_widths(fmt: str) -> None:
     """Refuse printf / format widths and precisions past the output budget (``*`` widths too)."""
     numbers = [g for m in _PERCENT_WIDTH.finditer(fmt) for g in m.groups() if g is not None]
     numbers += [n for m in _FORMAT_SPEC.finditer(fmt) for n in re.findall(r"[0-9]+|\*", m.group(1))]
+    if re.search(r"\{[^{}]*:[^{}]*\{", fmt):
+        numbers.append("*")  # a width given by another field: {0:>{1}}
     for g in numbers:
         if g == "*" or int(g) > MAX_OUTPUT_CHARS:
             raise _Refusal(f"a format width of {g} in {fmt[:40]!r}; widths are at most {MAX_OUTPUT_CHARS:,}")
+    if sum(int(g) for g in numbers) > MAX_OUTPUT_CHARS:
+        raise _Refusal(f"the format widths in {fmt[:40]!r} add up past {MAX_OUTPUT_CHARS:,} characters")
 
 
 def _guard(name: str, fn: Any) -> Any:
@@ -249,6 +293,10 @@ def _guard(name: str, fn: Any) -> Any:
                     f"a slot passes through the filter |{name}; a slot must reach the text as it is: put the "
                     "filter on the text around it, or say what the slot may hold with its constraint (regex=, choice=)"
                 )
+            if name in ("join", "string") and args and isinstance(args[0], (list, tuple)):
+                sep = args[1] if len(args) > 1 else kwargs.get("d", "")
+                if 2 * _size(args[0]) + len(str(sep)) * len(args[0]) > MAX_OUTPUT_CHARS:
+                    raise _Refusal(f"|{name} would build more than {MAX_OUTPUT_CHARS:,} characters")
             if name in ("center", "indent", "truncate", "wordwrap") and any(
                 isinstance(a, int) and a > MAX_OUTPUT_CHARS for a in (*args[1:], *kwargs.values())
             ):
@@ -358,6 +406,8 @@ class Template:
             self._template = self._env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"does not parse: {exc.message}", template=name, line=exc.lineno) from None
+        except RecursionError:
+            raise TemplateError("nests too deep to parse (thousands of brackets?)", template=name) from None
         code_file = self._template.root_render_func.__code__.co_filename  # type: ignore[attr-defined]
         self._env.compiled[code_file] = self._template  # type: ignore[attr-defined]
         if "variables" in meta:
@@ -365,7 +415,10 @@ class Template:
         else:
             from jinja2 import meta as jmeta
 
-            tree = self._env.parse(source)
+            try:
+                tree = self._env.parse(source)
+            except RecursionError:  # pragma: no cover - from_string above fails first
+                raise TemplateError("nests too deep to parse", template=name) from None
             names = jmeta.find_undeclared_variables(tree) - set(self._env.globals)
             self.variables = tuple(Variable(n) for n in sorted(names))
             for node in tree.find_all(nodes.Name):
@@ -546,6 +599,9 @@ class Template:
             anchor(text[pos : m.start()])
             pos = m.end()
             kind, index = m.group(1), int(m.group(2))
+            forged = (kind == "s" and index >= len(st.slots)) or (kind == "q" and len(flags) == 1)
+            if forged:
+                raise TemplateError("the template forged a slot marker (it copied part of one)", template=self.name)
             if kind == "p":
                 flags.append(bool(index))
             elif kind == "q":
@@ -562,6 +618,8 @@ class Template:
                 placed.add(index)
                 parts.append(made)
         anchor(text[pos:])
+        if len(flags) != 1:
+            raise TemplateError("the template forged a slot marker (it copied part of one)", template=self.name)
         for index, (made, line) in enumerate(st.slots):
             if index not in placed:
                 raise TemplateError(
@@ -622,6 +680,63 @@ def _line_of(exc: BaseException, env: jinja2.Environment) -> int | None:
     return line
 
 
+# ------------------------------------------------------------------------------- untrusted source
+def _render_child(conn: Any, source: str, name: str, variables: dict[str, Any], budget: int) -> None:
+    try:
+        import resource
+
+        with open("/proc/self/statm") as f:
+            base = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (base + budget, base + budget))
+    except (OSError, ValueError, ImportError):  # pragma: no cover - not Linux: the time bound stays
+        pass
+    try:
+        prompt = Template(source, name=name).render(**variables)
+        conn.send(("ok", prompt.model_dump_json()))
+    except TemplateError as exc:
+        conn.send(("error", (exc.reason, exc.line)))
+    except MemoryError:
+        conn.send(("error", (f"rendering needed more than {budget >> 20} MB of memory", None)))
+    except BaseException as exc:  # the child reports everything; it is going away
+        conn.send(("error", (f"{type(exc).__name__}: {exc}", None)))
+
+
+def render_isolated(
+    source: str,
+    variables: dict[str, Any],
+    *,
+    name: str = "<string>",
+    timeout_s: float = 10.0,
+    memory_mb: int = 512,
+) -> Prompt:
+    """Render template source you do not trust (a server's request) in a child process: the
+    sandbox's bounds, plus a hard memory limit (``memory_mb`` above the child's start) and a wall
+    clock after which the child is killed. Variables must be JSON values."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_render_child, args=(child, source, name, variables, memory_mb << 20), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout_s):
+            raise TemplateError(f"rendering took longer than {timeout_s:g} s and was stopped", template=name)
+        try:
+            kind, payload = parent.recv()
+        except EOFError:
+            raise TemplateError("rendering was stopped (its process ended: out of memory?)", template=name) from None
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        parent.close()
+    if kind == "ok":
+        return Prompt.from_json(payload)
+    message, line = payload
+    raise TemplateError(message, template=name, line=line)
+
+
 # ------------------------------------------------------------------------------- shipped templates
 def template_names() -> list[str]:
     """Names of the shipped task templates (those with a header; the chat templates are not among them)."""
@@ -658,4 +773,4 @@ def load_template(ref: str, *, folder: str | Path | None = None) -> Template:
     return template(ref)
 
 
-__all__ = ["Template", "TemplateError", "Variable", "load_template", "template", "template_names"]
+__all__ = ["Template", "TemplateError", "Variable", "load_template", "render_isolated", "template", "template_names"]

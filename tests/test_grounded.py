@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import unicodedata
 
 import jsonschema
 import numpy as np
@@ -25,13 +26,13 @@ from dlmprompt.sampling.chain import run_chains
 from dlmprompt.testing import RandomDenoiser
 
 PATTERNS = [r"[\s\S]*", r"[A-Za-z]+", r"[a-z]+( [a-z]+)*", r"[0-9]+", r"[A-Z][a-z]*", r"(cat|dog|é+)"]
-ALPHABET = "ab cAB,.-1é@'"
+ALPHABET = "ab cAB,.-1é@'“— "
 LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def word_chars(text: str) -> list[bool]:
-    """Letters, digits, _ and non-ASCII characters; a joiner (. @ - ' + %) between two of them."""
-    base = [(ch.isascii() and (ch.isalnum() or ch == "_")) or not ch.isascii() for ch in text]
+    """Letters, marks, digits and connectors; a joiner (. @ - ' + %) between two of them."""
+    base = [unicodedata.category(ch)[0] in "LMN" or unicodedata.category(ch) == "Pc" for ch in text]
     return [
         base[i] or (ch in ".@-'+%" and 0 < i < len(text) - 1 and base[i - 1] and base[i + 1])
         for i, ch in enumerate(text)
@@ -299,3 +300,39 @@ def test_openai_api_takes_grounded(embedded) -> None:  # type: ignore[no-untyped
             client.completions.create(
                 model="x", prompt="x", extra_body={"grammar": 'start: "a"', "grounded": "a"}, max_tokens=4
             )
+
+
+def test_tokens_with_the_same_bytes_share_a_class() -> None:
+    tok = dlmprompt.Tokenizer(
+        [b"a", b"b", b"ab", b"ab", b"x", None, None], lambda s: [], mask_id=5, pad_id=6, name="twins"
+    )
+    auto = grounded_automaton(("xab",), "[a-z]+", tok)
+    assert auto.accepts([2]) and auto.accepts([3]) and auto.accepts([4, 3]) and not auto.accepts([3, 4])
+    assert auto.token_class[2] == auto.token_class[3] >= 0
+
+
+def test_grounding_that_cannot_reach_a_value_says_so(byte_tok) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+        "required": ["a"],
+    }
+    program = compile(Prompt("r: ") + slot("r", schema=schema, grounded="some text", max_tokens=4), byte_tok)
+    assert any("/b: not grounded" in n for n in program.notes), program.notes
+    refused = {"type": "object", "patternProperties": {"^x": {"type": "string"}}}
+    with pytest.raises(CompileError, match="a grounded JSON slot needs a schema the template takes"):
+        compile(Prompt("r: ") + slot("r", schema=refused, grounded="text"), byte_tok)
+
+
+def test_has_span_agrees_with_the_automaton(byte_tok) -> None:
+    from dlmprompt.constraints.grounded import has_span
+
+    text = "Ada Lovelace, born 1815, lives in London (ORD-123456)."
+    for pattern in (r"[1-9][0-9]?", r"[0-9]{4}", r"ORD-[0-9]{6}", r"[A-Z][a-z]+", r"[a-z]+@[a-z]+"):
+        for whole in (False, True):
+            try:
+                grounded_automaton((text,), pattern, byte_tok, whole_words=whole)
+                built = True
+            except CompileError:
+                built = False
+            assert has_span((text,), pattern, whole_words=whole) == built, (pattern, whole)

@@ -234,15 +234,26 @@ def test_variables_are_checked_against_the_header() -> None:
         ("{{ '%099999999d' | format(3) }}", "format width"),
         (
             "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
-            "namespace",
+            "namespace|concatenation",
         ),
+        ('{{ "{0:>{1}}".format("a", 3000000) | length }}', "format width"),
+        ('{{ ("{0:>999999}" * 3).format(1) | length }}', "add up past"),
+        ('{{ ("%(a)3000000s" % {"a": "x"}) | length }}', "format width"),
+        ('{% set s = "x" * 2000 %}{{ s.replace("x", s) | length }}', "would build more"),
+        ('{{ (range(2000) | list) | join("x" * 1000) | length }}', "would build more"),
+        ('{% set s = "x" * 1000 %}{{ ([s] * 3000) | string | length }}', "output budget"),
+        ('{% macro d(s, n) %}{{ d(s ~ s, n - 1) if n else s | length }}{% endmacro %}{{ d("x" * 1000, 12) }}', "~"),
+        ("{{ (2 ** 3000000) * (2 ** 3000000) }}", "too large"),
+        ("{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}", "nests too deep"),
+        ('{% set m = slot("a", max_tokens=3) %}{{ m }}{{ m[:14] ~ "q:0\ue001" }}x', "forged a slot marker"),
+        ('{% set m = slot("a", max_tokens=3) %}{{ m }}{{ m[:14] ~ "s:7\ue001" }}x', "forged a slot marker"),
         ("{% set d = {} %}{{ d.update(a=1) }}", "sandbox forbids|unsafe"),
     ],
 )
 def test_templates_cannot_reach_python_internals_and_stay_bounded(source: str, message: str) -> None:
     t0 = time.monotonic()
     with pytest.raises(TemplateError, match=message):
-        Template.from_string(source).render(x=1)
+        Template.from_string(source).render(x=1)  # refused, never a crash or a hang
     assert time.monotonic() - t0 < TIME_BUDGET_S + 10  # refused, not hung (the bound is the budget)
     assert MAX_OUTPUT_CHARS == 1_000_000
 

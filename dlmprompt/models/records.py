@@ -71,10 +71,10 @@ def extraction_prompt(family: str, text: str, *, grounded: bool = False) -> Prom
     """``Text: ...`` then ``Record: {"field": <slot>, ...}``: keys, quotes and separators are anchors,
     each value a typed slot.
 
-    ``grounded=True``: every text and number field whose pattern some span of ``text`` matches
-    is constrained to be such a span of whole words, exactly (the same layout otherwise); choices
-    stay as they are."""
-    import re
+    ``grounded=True``: every text and number field whose pattern some span of whole words of
+    ``text`` matches in full is constrained to be such a span, exactly (the same layout
+    otherwise); choices stay as they are."""
+    from dlmprompt.constraints.grounded import has_span
 
     fields = FAMILIES[family]
     p = Prompt(f"Kind: {family}\nText: {text}\nRecord: {{")
@@ -85,7 +85,7 @@ def extraction_prompt(family: str, text: str, *, grounded: bool = False) -> Prom
         if f.kind == "choice":
             p = p + slot(f.name, choice=list(f.options), max_tokens=f.max_tokens)
         else:
-            spans = grounded and re.search(f.regex or "", text)
+            spans = grounded and has_span((text,), f.regex or "", whole_words=True)
             ground = Grounded(sources=(text,), whole_words=True) if spans else None
             p = p + slot(f.name, regex=f.regex, max_tokens=f.max_tokens, grounded=ground)
         if quoted:

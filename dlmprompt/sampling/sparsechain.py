@@ -29,7 +29,7 @@ def _segment_lse(values: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
     safe = np.where(np.isfinite(mx), mx, 0.0)
     with np.errstate(invalid="ignore"):
         e = np.exp(values - safe[seg])
-    sums = np.bincount(seg, np.nan_to_num(e, nan=0.0), minlength=n)
+    sums = np.bincount(seg, e, minlength=n)
     with np.errstate(divide="ignore"):
         out = np.log(sums) + safe
     return np.where(np.isfinite(mx), out, NEG)
@@ -83,6 +83,7 @@ def run_chains_sparse(
     classes_out: list[np.ndarray] = []
     logw_out: list[np.ndarray] = []
     at = 0
+    lo = np.searchsorted(src, np.arange(q + 1))  # the edges of state s: lo[s]:lo[s+1]
     for com in committed:
         m = int((com < 0).sum())
         lp = logP[at : at + m]
@@ -95,7 +96,6 @@ def run_chains_sparse(
             )
         picked = np.empty(m, dtype=np.int64)
         s, k = auto.start, 0
-        lo = np.searchsorted(src, np.arange(q + 1))  # edges of state s: lo[s]:lo[s+1]
         for j in range(len(com)):
             c = int(com[j])
             if c < 0:

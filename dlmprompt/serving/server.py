@@ -149,13 +149,12 @@ class Server:
                 "template source from requests",
                 code="template_source_not_allowed",
             )
-        from dlmprompt.prompt_template import Template
+        from dlmprompt.prompt_template import render_isolated
 
         try:
-            if req.template_source is not None:
-                tmpl = Template.from_string(req.template_source, name="request")
-            else:
-                tmpl = self.template(str(req.template))
+            if req.template_source is not None:  # untrusted: in a child process, memory and time bounded
+                return await asyncio.to_thread(render_isolated, req.template_source, req.variables, name="request")
+            tmpl = await asyncio.to_thread(self.template, str(req.template))
             return await asyncio.to_thread(tmpl.render, **req.variables)
         except DLMPromptError as exc:
             raise APIError(400, str(exc), code="template_error") from None
