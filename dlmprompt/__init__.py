@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from dlmprompt.sampling.events import Capture, Result, Step
     from dlmprompt.sampling.sampler import generate, sample
     from dlmprompt.serving.client import AsyncClient, Client, RemoteBackend, RemoteError, remote
+    from dlmprompt.toolcalls import ToolAnswer, ToolCall, tool_call
 
 _LAZY = {"sample", "generate"}
 _EVENTS = {"Step", "Result", "Capture"}
@@ -66,6 +67,10 @@ def __getattr__(name: str) -> Any:
         from dlmprompt.loading import load
 
         return load
+    if name in ("tool_call", "ToolCall", "ToolAnswer"):
+        from dlmprompt import toolcalls
+
+        return getattr(toolcalls, name)
     if name == "from_transformers":
         from dlmprompt.models.backends import from_transformers
 
@@ -112,6 +117,8 @@ __all__ = [
     "Text",
     "Tokenizer",
     "TokenizerError",
+    "ToolAnswer",
+    "ToolCall",
     "Variable",
     "chat",
     "compile",
@@ -124,4 +131,5 @@ __all__ = [
     "sample",
     "slot",
     "template",
+    "tool_call",
 ]

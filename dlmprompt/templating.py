@@ -32,7 +32,7 @@ FAMILY_TEMPLATES = {"llada": "chat_llada", "dream": "chat_chatml", "diffusion_ge
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
-def _messages(messages: Any) -> list[dict[str, str]]:
+def _messages(messages: Any) -> list[dict[str, Any]]:
     if isinstance(messages, (str, bytes)) or not hasattr(messages, "__iter__"):
         raise SpecError("messages must be a list of {'role': ..., 'content': ...}")
     out = []
@@ -55,7 +55,11 @@ def _messages(messages: Any) -> list[dict[str, str]]:
             content = ""
         if not isinstance(content, str):
             raise SpecError(f"message {i}: content must be a string")
-        out.append({"role": role, "content": content})
+        msg: dict[str, Any] = {"role": role, "content": content}
+        for key in ("tool_calls", "tool_call_id", "name"):  # for chat templates that render tools
+            if m.get(key) is not None:
+                msg[key] = m[key]
+        out.append(msg)
     if not out:
         raise SpecError("messages is empty")
     return out
@@ -87,7 +91,12 @@ def chat_template_for(model: Any = None, template: str | None = None) -> tuple[s
 
 
 def render_chat(
-    messages: Any, *, model: Any = None, template: str | None = None, add_generation_prompt: bool = True
+    messages: Any,
+    *,
+    model: Any = None,
+    template: str | None = None,
+    add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """The text of a conversation under a chat template, rendered in a sandbox (a template cannot
     reach Python internals). ``bos_token`` renders empty: the compiler adds the BOS itself."""
@@ -103,6 +112,7 @@ def render_chat(
             bos_token="",
             eos_token="",
             raise_exception=_raise,
+            tools=[{"type": "function", "function": t} for t in tools] if tools else None,
         )
     except SecurityError as exc:
         raise SpecError(f"the chat template from {origin} tried something unsafe and was stopped: {exc}") from None
@@ -110,7 +120,7 @@ def render_chat(
         raise SpecError(f"the chat template from {origin} failed: {exc}") from None
 
 
-def chat(messages: Any, *, model: Any = None, template: str | None = None) -> Any:
+def chat(messages: Any, *, model: Any = None, template: str | None = None, tools: Any = None) -> Any:
     """A :class:`~dlmprompt.spec.Prompt` holding a conversation, ready for the answer's slots::
 
         prompt = dlmprompt.chat(messages, model=denoiser) + slot("answer", schema=Person)
@@ -122,4 +132,5 @@ def chat(messages: Any, *, model: Any = None, template: str | None = None) -> An
     """
     from dlmprompt.spec import Prompt, Text
 
-    return Prompt(parts=(Text(text=render_chat(messages, model=model, template=template), prompt=True),))
+    text = render_chat(messages, model=model, template=template, tools=tools)
+    return Prompt(parts=(Text(text=text, prompt=True),))

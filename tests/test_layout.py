@@ -22,7 +22,7 @@ LAYERS = [
     ("dlmprompt.sampling",),
     ("dlmprompt.models",),
     ("dlmprompt.serving",),
-    ("dlmprompt.loading", "dlmprompt.integrations", "dlmprompt.testing"),
+    ("dlmprompt.loading", "dlmprompt.toolcalls", "dlmprompt.integrations", "dlmprompt.testing"),
     ("dlmprompt.cli", "dlmprompt.__main__", "dlmprompt"),
 ]
 
