@@ -1,6 +1,12 @@
 """Train the embedded default model: corpus, tokenizer, masked-diffusion training, packaging.
 
     dlmprompt train-default --out runs/default [--max-steps 3200] [--time-limit-min 100]
+    dlmprompt train-default --out runs/read --corpus read --init-from dlmprompt/models/default_model --lr 6e-4
+
+``--corpus legacy`` (default): the original few phrasings per family (``_PROSE``); ``--corpus read``:
+the read-and-copy grammar of ``dlmprompt.models.corpus`` (many phrasings, distractors, noise, values
+from many locales, span copying, small methods for the code demo). The built canvases are cached in
+``OUT/examples.json``, so a resumed run keeps the corpus it started with.
 
 Reproducible from a seed; shows progress and loss; resumes from ``--out`` after an interruption;
 uses a GPU when one is present. Needs the ``train`` extra (faker).
@@ -242,6 +248,78 @@ def code_example(code: str, tok: Any) -> Example | None:
     return Example(ids, [False] + [True] * (n - 1))
 
 
+def fill_example(prompt: Any, fills: dict[str, str], tok: Any) -> Example | None:
+    """Any prompt's canvas with its slots filled (value + pad), loss on the slots, like ``record_example``."""
+    from dlmprompt.compiler import compile
+
+    prog = compile(prompt, tok, constraints=False)
+    ids = prog.layout.canvas.tolist()
+    loss = [False] * len(ids)
+    for s in prog.slots:
+        value = tok.encode(fills[s.name])
+        if len(value) > s.length:
+            return None
+        ids[s.start : s.stop] = value + [tok.pad_id] * (s.length - len(value))
+        loss[s.start : s.stop] = [True] * s.length
+    if len(ids) > CANVAS:
+        return None
+    return Example(ids, loss)
+
+
+def copy_example(prefix: str, span: str, tok: Any) -> Example | None:
+    """``prefix`` (a text holding ``span`` and a cue) then ``span``: loss on the copied span only."""
+    head = [tok.bos_id, *tok.encode(prefix)]
+    tail = [*tok.encode(span), tok.eos_id]
+    ids = head + tail
+    if len(ids) > CANVAS:
+        return None
+    return Example(ids, [False] * len(head) + [True] * len(tail))
+
+
+def build_read_examples(n_records: int, n_code: int, seed: int, tok: Any, log: Any = print) -> list[Example]:
+    """The read-and-copy corpus (``dlmprompt.models.corpus``): ~80% grammar records (a fifth as free
+    JSON), ~12% legacy ``_PROSE`` records, ~8% span copying; code: small methods in the demo's slot
+    layout and as source, plus standard-library functions."""
+    from dlmprompt.models import corpus
+
+    rng = random.Random(seed + 1)
+    out: list[Example] = []
+    n_legacy = n_records * 12 // 100
+    n_copy = n_records * 8 // 100
+    recs = corpus.make_corpus_records(n_records - n_legacy - n_copy, seed) + make_records(n_legacy, seed)
+    t0 = time.time()
+    dropped = 0
+    for i, rec in enumerate(recs):
+        ex = record_example(rec, tok, free_json=rng.random() < 0.2)
+        if ex is None:
+            ex = record_example(rec, tok, free_json=False)
+        if ex is not None:
+            out.append(ex)
+        else:
+            dropped += 1
+        if (i + 1) % 10000 == 0:
+            log(f"  built {i + 1}/{len(recs)} record canvases ({time.time() - t0:.0f}s)")
+    log(f"  records: {len(recs) - dropped} canvases, {dropped} dropped (too long)")
+    for prefix, span in corpus.copy_pairs(n_copy, seed):
+        ex = copy_example(prefix, span, tok)
+        if ex is not None:
+            out.append(ex)
+    demo = corpus.demo_code_prompt()
+    pairs = corpus.method_pairs(n_code, seed)
+    for k, (name, expr) in enumerate(pairs):
+        ex = fill_example(demo, {"name": name, "expr": expr}, tok) if k % 2 == 0 else None
+        if ex is None:
+            ex = code_example(corpus.method_source(name, expr, rng), tok)
+        if ex is not None:
+            out.append(ex)
+    for code in python_functions(n_code // 2, seed):
+        ex = code_example(code, tok)
+        if ex is not None:
+            out.append(ex)
+    rng.shuffle(out)
+    return out
+
+
 def build_examples(n_records: int, n_code: int, seed: int, tok: Any, log: Any = print) -> list[Example]:
     rng = random.Random(seed + 1)
     out: list[Example] = []
@@ -349,6 +427,7 @@ def train_default(
     save_every: int = 100,
     log_file: Any = None,
     init_from: str | os.PathLike[str] | None = None,
+    corpus: str = "legacy",
 ) -> Path:
     """Train (or resume) the default model into ``out``; returns the folder of the final model."""
     import torch
@@ -383,8 +462,9 @@ def train_default(
         raw = json.loads(data_path.read_text())
         examples = [Example(r[0], [bool(x) for x in r[1]]) for r in raw]
     else:
-        log(f"corpus: building {n_records} record canvases and {n_code} code snippets (seed {seed})")
-        examples = build_examples(n_records, n_code, seed, tok, log)
+        log(f"corpus: building {n_records} {corpus} record canvases and {n_code} code snippets (seed {seed})")
+        build = build_read_examples if corpus == "read" else build_examples
+        examples = build(n_records, n_code, seed, tok, log)
         data_path.write_text(json.dumps([[e.ids, [int(x) for x in e.loss]] for e in examples]))
     log(f"corpus: {len(examples)} training sequences")
 
@@ -488,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit-min", type=float, default=None)
     ap.add_argument("--log", default=None, help="also append progress to this file")
     ap.add_argument("--init-from", default=None, help="start from this model folder (e.g. the shipped model)")
+    ap.add_argument(
+        "--corpus",
+        choices=("legacy", "read"),
+        default="legacy",
+        help="legacy: the original few phrasings per family; read: the read-and-copy grammar (models/corpus.py)",
+    )
     args = ap.parse_args(argv)
     try:
         import faker  # noqa: F401
@@ -505,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         time_limit_min=args.time_limit_min,
         log_file=args.log,
         init_from=args.init_from,
+        corpus=args.corpus,
     )
     return 0
 
