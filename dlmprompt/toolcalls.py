@@ -168,41 +168,18 @@ def answer_of(mode: str, decided: str | None, result: Any) -> ToolAnswer:
     return ToolAnswer(out, None, (result,))
 
 
-def tool_call(
-    model: Any,
-    messages: Any,
-    tools: Any,
-    *,
-    tool_choice: Any = "auto",
-    parallel_tool_calls: bool = False,
-    max_calls: int = 4,
-    max_tokens: int = 16,
-    max_reply_tokens: int = 64,
-    generator: Any = None,
-) -> ToolAnswer:
-    """Answer a conversation with tool calls (or a reply, as ``tool_choice`` allows), in process
-    or on a server (``model`` from :func:`dlmprompt.load`). Every call names one of ``tools`` and
-    its arguments are valid under that tool's ``parameters``."""
+def tool_call(model: Any, messages: Any, tools: Any, *, generator: Any = None, **options: Any) -> ToolAnswer:
+    """Answer a conversation with tool calls (or a reply, as ``tool_choice`` allows), in process.
+    Every call names one of ``tools`` and its arguments are valid under that tool's ``parameters``.
+
+    Options (those of :func:`tool_prompts`): ``tool_choice`` (``"auto"``, ``"required"``,
+    ``"none"`` or ``{"type": "function", "function": {"name": ...}}``), ``parallel_tool_calls``,
+    ``max_calls``, ``max_tokens`` (the budget of each argument value), ``max_reply_tokens``."""
     from dlmprompt.sampling.sampler import generate
 
-    mode, decide, call, reply = tool_prompts(
-        messages,
-        tools,
-        tool_choice=tool_choice,
-        parallel_tool_calls=parallel_tool_calls,
-        max_calls=max_calls,
-        max_tokens=max_tokens,
-        max_reply_tokens=max_reply_tokens,
-        model=model,
-    )
-    decided = None
-    first = None
-    if decide is not None:
-        first = generate(model, decide, generator=generator)
-        decided = first["action"]
-    if mode == "none" or decided == "reply":
-        result = generate(model, reply, generator=generator)
-    else:
-        result = generate(model, call, generator=generator)
+    mode, decide, call, reply = tool_prompts(messages, tools, model=model, **options)
+    first = generate(model, decide, generator=generator) if decide is not None else None
+    decided = None if first is None else first["action"]
+    result = generate(model, reply if mode == "none" or decided == "reply" else call, generator=generator)
     answer = answer_of(mode, decided, result)
     return answer if first is None else ToolAnswer(answer.calls, answer.text, (first, result))
