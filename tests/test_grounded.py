@@ -336,3 +336,25 @@ def test_has_span_agrees_with_the_automaton(byte_tok) -> None:
             except CompileError:
                 built = False
             assert has_span((text,), pattern, whole_words=whole) == built, (pattern, whole)
+
+
+def test_forward_weights_do_not_underflow_far_below_the_best_state() -> None:
+    """A state 1000 nats below another one keeps its weight in every pass (dense, reference, sparse)."""
+    from dlmprompt.constraints.automaton import TokenAutomaton
+    from dlmprompt.sampling.chain import run_chain
+    from dlmprompt.sampling.sparsechain import run_chains_sparse
+
+    ns = np.full((4, 4), -1, dtype=np.int32)
+    ns[0, 0], ns[1, 0], ns[2, 1], ns[3, 2] = 1, 2, 3, 3  # 0 -a-> 1 -c-> 3, 0 -b-> 2 -d-> 3
+    auto = TokenAutomaton(np.arange(4, dtype=np.int32), ns, 0, np.array([False, False, False, True]))
+    logP = np.array([[0.0, -1000.0, -np.inf, -np.inf], [-np.inf, -np.inf, -2000.0, 0.0]])
+    committed = [np.full(2, -1, dtype=np.int64)]
+    dense = run_chains(auto, committed, logP, noise=np.zeros_like(logP))
+    ref = run_chain(auto, committed[0], logP, noise=np.zeros_like(logP), want=np.ones(2, dtype=bool))
+    src, cls = np.array([0, 0, 1, 2]), np.array([0, 1, 2, 3])
+    sparse = SparseTokenAutomaton(auto.token_class, src, cls, np.array([1, 2, 3, 3]), 4, 4, 0, auto.accept)
+    classes, logw = run_chains_sparse(sparse, committed, logP, noise=np.zeros_like(logP))
+    assert list(dense.classes) == list(ref.classes) == list(classes) == [1, 3]  # b then d: -1000 beats -2000
+    for w in (dense.logw, ref.logw, logw):
+        # class d at position 1 carries all the constrained mass: weight 1 (log 0), not an underflow
+        assert abs(w[1, 3]) < 1e-9 and abs(w[0, 1] - 1000.0) < 1e-9

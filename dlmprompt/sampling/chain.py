@@ -24,7 +24,7 @@ import numpy as np
 
 from dlmprompt.constraints.automaton import TokenAutomaton
 from dlmprompt.errors import DLMPromptError
-from dlmprompt.sampling.sparsechain import run_chains_sparse
+from dlmprompt.sampling.sparsechain import run_chains_sparse, segment_lse
 
 NEG = -np.inf
 # log mass of a class whose probability is exactly zero (a model's -inf logits): the constraint
@@ -92,21 +92,11 @@ def forward(auto: TokenAutomaton, committed: np.ndarray, logP: np.ndarray) -> np
             row = ns[c]
             ok = (row >= 0) & np.isfinite(a)
             if ok.any():
-                x = a[ok]
-                m = x.max()
-                sums = np.bincount(row[ok], np.exp(x - m), minlength=q)
-                with np.errstate(divide="ignore"):
-                    alpha[j + 1] = np.log(sums) + m
+                alpha[j + 1] = segment_lse(a[ok], row[ok], q)
             continue
         x = logP[k][:, None] + a[None, :]
         k += 1
-        x = np.where(valid, x, NEG)
-        m = x.max()
-        if not np.isfinite(m):
-            continue
-        sums = np.bincount(ns[valid], np.exp(x[valid] - m), minlength=q)
-        with np.errstate(divide="ignore"):
-            alpha[j + 1] = np.log(sums) + m
+        alpha[j + 1] = segment_lse(x[valid], ns[valid], q)  # each target state on its own scale
     return alpha
 
 
@@ -262,12 +252,8 @@ def run_chains(
             x = alpha[:, None, :q] + beta_c[:, j + 1][:, nx[:c_n, :q]]  # [B, C, Q]
             logw_all[:, j] = _lse_axis(x, 2) - z[:, None]
             y = (alpha[:, None, :q] + w_c[:, j, :, None]).reshape(-1)  # [B*(C+1)*Q]
-            m = np.max(np.where(np.isfinite(y), y, NEG).reshape(b, -1), axis=1)
-            safe = np.where(np.isfinite(m), m, 0.0)
-            e = np.exp(y - np.repeat(safe, (c_n + 1) * q))
-            sums = np.bincount(flat_to, e, minlength=b * (q + 1)).reshape(b, q + 1)
-            with np.errstate(divide="ignore"):
-                alpha = np.log(sums) + safe[:, None]
+            # each target state on its own scale: one far below the others must not underflow
+            alpha = segment_lse(y, flat_to, b * (q + 1)).reshape(b, q + 1)
             alpha[:, q] = NEG
         logw = logw_all[bi, ji]
     return ChainResult(classes[bi, ji], logw)

@@ -19,8 +19,9 @@ from dlmprompt.errors import DLMPromptError
 NEG = -np.inf
 
 
-def _segment_lse(values: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
-    """log-sum-exp of ``values`` grouped by ``seg`` (any order) into ``n`` bins; -inf where empty."""
+def segment_lse(values: np.ndarray, seg: np.ndarray, n: int) -> np.ndarray:
+    """log-sum-exp of ``values`` grouped by ``seg`` (any order) into ``n`` bins; -inf where empty.
+    Each bin is shifted by its own maximum, so a bin far below the others does not underflow."""
     out = np.full(n, NEG)
     if not len(values):
         return out
@@ -77,7 +78,7 @@ def run_chains_sparse(
                 continue
             k -= 1
             vals = lp[k, cls] + beta[j + 1, dst]
-            beta[j] = _segment_max(vals, src, q) if maximize else _segment_lse(vals, src, q)
+            beta[j] = _segment_max(vals, src, q) if maximize else segment_lse(vals, src, q)
         return beta
 
     classes_out: list[np.ndarray] = []
@@ -128,10 +129,10 @@ def run_chains_sparse(
                 c = int(com[j])
                 if c >= 0:
                     s_c, d_c = of_class(c)
-                    alpha = _segment_lse(alpha[s_c], d_c, q)
+                    alpha = segment_lse(alpha[s_c], d_c, q)
                     continue
-                logw[k] = _segment_lse(alpha[src] + beta_c[j + 1, dst], cls, c_n) - z
-                alpha = _segment_lse(alpha[src] + conf[k, cls], dst, q)
+                logw[k] = segment_lse(alpha[src] + beta_c[j + 1, dst], cls, c_n) - z
+                alpha = segment_lse(alpha[src] + conf[k, cls], dst, q)
                 k += 1
             logw_out.append(logw)
         at += m
