@@ -6,8 +6,9 @@ joined by a separator byte that no transition may read; *whole words* inserts a 
 cut between words and determinizes "skip a marker anywhere, start and end after one"; *ignore
 case* folds ASCII letters. The result is **intersected** with the slot's own byte DFA (its regex,
 or a JSON string's pattern and length) by a product construction, walked straight to tokens
-through a trie of the tokens that occur in the sources, so an exact token automaton of both
-constraints at once comes out without ever building the product's full byte table.
+through a trie of the vocabulary (built once per tokenizer; a path dies at the first byte no
+source continues with), so an exact token automaton of both constraints at once comes out
+without ever building the product's full byte table.
 
 A small result is an ordinary dense :class:`~dlmprompt.constraints.automaton.TokenAutomaton`
 (every sampler path takes it); a large one (long sources at a large vocabulary) stays a

@@ -216,8 +216,6 @@ class Example:
 
 def record_example(rec: dict[str, Any], tok: Any, *, free_json: bool) -> Example | None:
     """The canvas the SDK builds for this record, its slots filled with the true values + pad."""
-    from dlmprompt.compiler import compile
-
     family, text, values = rec["family"], rec["text"], rec["values"]
     if free_json:
         prompt = free_json_prompt(family, text)
@@ -225,19 +223,7 @@ def record_example(rec: dict[str, Any], tok: Any, *, free_json: bool) -> Example
     else:
         prompt = extraction_prompt(family, text)
         fills = {k: str(v) for k, v in values.items()}
-    prog = compile(prompt, tok, constraints=False)
-    ids = prog.layout.canvas.tolist()
-    loss = [False] * len(ids)
-    for s in prog.slots:
-        value = tok.encode(fills[s.name])
-        if len(value) > s.length:
-            return None
-        seg = value + [tok.pad_id] * (s.length - len(value))
-        ids[s.start : s.stop] = seg
-        loss[s.start : s.stop] = [True] * s.length
-    if len(ids) > CANVAS:
-        return None
-    return Example(ids, loss)
+    return fill_example(prompt, fills, tok)
 
 
 def code_example(code: str, tok: Any) -> Example | None:
