@@ -145,15 +145,18 @@ def tool_prompts(
     max_calls: int = 4,
     max_tokens: int = 16,
     max_reply_tokens: int = 64,
+    reply_slot: Any = None,
     model: Any = None,
 ) -> tuple[str, Prompt | None, Prompt, Prompt]:
-    """(mode, the decision prompt or None, the call prompt, the reply prompt)."""
+    """(mode, the decision prompt or None, the call prompt, the reply prompt). ``reply_slot``: the
+    slot a text reply is written in, named ``reply`` (default: free text of ``max_reply_tokens``), e.g. a JSON
+    Schema slot when the reply has a ``response_format``."""
     normal = normalize_tools(tools)
     mode, usable = _choice(tool_choice, normal)
     base = conversation(messages, normal, model=model)
     schema = call_schema(usable, parallel=parallel_tool_calls, max_calls=max_calls)
     call = base + "<tool_call>" + slot("call", schema=schema, max_tokens=max_tokens) + "</tool_call>"
-    reply = base + slot("reply", max_tokens=max_reply_tokens)
+    reply = base + (slot("reply", max_tokens=max_reply_tokens) if reply_slot is None else reply_slot)
     decide = base + "Next: " + slot("action", choice=["call", "reply"], max_tokens=2) if mode == "auto" else None
     return mode, decide, call, reply
 

@@ -19,10 +19,10 @@ LAYERS = [
     ("dlmprompt.tokenizer", "dlmprompt.spec", "dlmprompt.denoiser"),
     ("dlmprompt.constraints", "dlmprompt.templating", "dlmprompt.prompt_template"),
     ("dlmprompt.compiler",),
-    ("dlmprompt.sampling",),
+    ("dlmprompt.sampling", "dlmprompt.toolcalls"),
     ("dlmprompt.models",),
     ("dlmprompt.serving",),
-    ("dlmprompt.loading", "dlmprompt.toolcalls", "dlmprompt.integrations", "dlmprompt.testing"),
+    ("dlmprompt.loading", "dlmprompt.integrations", "dlmprompt.testing"),
     ("dlmprompt.cli", "dlmprompt.__main__", "dlmprompt"),
 ]
 

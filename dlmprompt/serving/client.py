@@ -196,6 +196,31 @@ class Client:
                 elif event == "error":
                     raise RemoteError(500, data["error"]["message"])
 
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/chat/completions`` with an OpenAI body; the OpenAI answer as a dict."""
+        return self._post("/v1/chat/completions", {**body, "stream": False}).json()
+
+    def chat_stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The same, streamed: OpenAI's chunk dicts as they arrive."""
+        with self.http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                _raise_for(resp)
+            event = None
+            for line in resp.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = line[6:]
+                    if data == "[DONE]":
+                        return
+                    item = json.loads(data)
+                    if event == "error":
+                        err = item.get("error", {})
+                        raise RemoteError(500, err.get("message", ""), err.get("code"))
+                    yield item
+                    event = None
+
     def health(self) -> dict[str, Any]:
         resp = self.http.get("/health")
         _raise_for(resp)

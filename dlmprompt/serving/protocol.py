@@ -127,8 +127,26 @@ class OpenAIRequest(BaseModel):
     grounded: Union[bool, str, list[str], dict[str, Any], None] = None
 
 
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    description: str | None = None
+    parameters: Union[dict[str, Any], bool, None] = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"] = "function"
+    function: ToolFunction
+
+
 class ChatRequest(OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    # OpenAI tool calling: every call names one of the tools, its arguments valid under its schema
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any], None] = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(OpenAIRequest):
@@ -191,7 +209,7 @@ def _constraints(req: OpenAIRequest) -> dict[str, Any]:
     return {k: v for k, (_, v) in found.items()}
 
 
-def _answer_slot(req: OpenAIRequest, limits: Limits, tokenizer: Any, text: str = "") -> Any:
+def answer_slot(req: OpenAIRequest, limits: Limits, tokenizer: Any, text: str = "", name: str = "content") -> Any:
     """The slot that holds the answer, from the request's constraint (any dialect) and max_tokens."""
     n = req.max_completion_tokens or req.max_tokens
     ground = req.grounded
@@ -199,23 +217,23 @@ def _answer_slot(req: OpenAIRequest, limits: Limits, tokenizer: Any, text: str =
         ground = text  # the prompt as the model sees it
     elif ground is False:
         ground = None
-    slot = functools.partial(make_slot, grounded=ground)
+    slot = functools.partial(make_slot, name, grounded=ground)
     want = _constraints(req)
     if n is not None and n > limits.max_tokens and "schema" not in want:
         raise APIError(400, f"max_tokens={n}; this server allows {limits.max_tokens}", code="too_many_tokens")
     if "schema" in want:
-        return slot("content", schema=want["schema"], max_tokens=min(n or 16, 64))
+        return slot(schema=want["schema"], max_tokens=min(n or 16, 64))
     if "regex" in want:
-        return slot("content", regex=want["regex"], max_tokens=n or 32)
+        return slot(regex=want["regex"], max_tokens=n or 32)
     if "grammar" in want:
-        return slot("content", grammar=want["grammar"], max_tokens=n or 64)
+        return slot(grammar=want["grammar"], max_tokens=n or 64)
     if "choice" in want:
         options = want["choice"]
         if not options:
             raise APIError(400, "choice needs at least one option", code="bad_choice")
         longest = max(len(tokenizer.encode(o)) for o in options)
-        return slot("content", choice=options, max_tokens=max(n or 0, longest, 1))
-    return slot("content", max_tokens=n or 64)
+        return slot(choice=options, max_tokens=max(n or 0, longest, 1))
+    return slot(max_tokens=n or 64)
 
 
 def openai_prompt(req: OpenAIRequest, text: str, suffix: str | None, limits: Limits, tokenizer: Any) -> Prompt:
@@ -225,11 +243,16 @@ def openai_prompt(req: OpenAIRequest, text: str, suffix: str | None, limits: Lim
         prompt = req.prompt_spec
     else:
         try:
-            prompt = Prompt(text) + _answer_slot(req, limits, tokenizer, text)
+            prompt = Prompt(text) + answer_slot(req, limits, tokenizer, text)
         except DLMPromptError as exc:
             raise APIError(400, f"{type(exc).__name__}: {exc}", code="bad_constraint") from None
         if suffix:
             prompt = prompt + suffix
+    return with_options(req, prompt)
+
+
+def with_options(req: OpenAIRequest, prompt: Prompt) -> Prompt:
+    """The prompt with the request's sampling options (``temperature``, ``steps``)."""
     options: dict[str, Any] = {}
     if req.temperature is not None:
         options["temperature"] = req.temperature

@@ -17,7 +17,6 @@ nothing a request sends is executed or unpickled. Every refusal is a 4xx with a 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import hmac
 import json
 import re
@@ -35,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from dlmprompt.compiler import Program, compile
 from dlmprompt.errors import DLMPromptError
 from dlmprompt.sampling.events import Result, Step
+from dlmprompt.serving.chat import ChatPlan, Chunks, chat_message, chat_plan, completion, total_usage
 from dlmprompt.serving.engine import Engine, Job, QueueFull
 from dlmprompt.serving.protocol import (
     APIError,
@@ -43,17 +43,14 @@ from dlmprompt.serving.protocol import (
     GenerateRequest,
     Limits,
     OpenAIRequest,
-    answer_span,
     answer_text,
     check_unsupported,
     error_body,
     finish_reason,
     openai_prompt,
     sse,
-    usage,
 )
 from dlmprompt.spec import Json, Prompt
-from dlmprompt.templating import render_chat
 
 
 # ---------------------------------------------------------------------------------------------- app
@@ -461,103 +458,69 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
         server.count("/v1/generate", 200)
         return {**server.result_json(result), **rendered}
 
-    async def openai_run(req: OpenAIRequest, request: Request, text: str, suffix: str | None, chat: bool) -> Any:
+    async def run_job(program: Program, req: OpenAIRequest, request: Request) -> Result:
+        return await wait(server.submit(program, req.seed), request)
+
+    async def openai_answer(req: OpenAIRequest, request: Request, plan: ChatPlan, chat: bool) -> Any:
+        """Run the plan: the decision (if any), then the call or the reply, streamed or not."""
         check_unsupported(req)
         route = "/v1/chat/completions" if chat else "/v1/completions"
-        prompt = openai_prompt(req, text, suffix, server.limits, server.tokenizer)
-        program = await server.compile(prompt)
+        programs = {}
+        for key, prompt in (("call", plan.call), ("reply", plan.reply)):
+            if prompt is not None and (key == "reply" or plan.mode != "none"):
+                programs[key] = await server.compile(prompt)  # compile errors before anything runs
+        decision = None
+        if plan.decide is not None:
+            decision = await run_job(await server.compile(plan.decide), req, request)
+        kind, _ = plan.final(decision)
+        program = programs[kind]
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         model = req.model or server.model_name
-
-        def choice(content: str, finish: str | None) -> dict[str, Any]:
-            if chat:
-                return {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}
-            return {"index": 0, "text": content, "finish_reason": finish, "logprobs": None}
-
         if not req.stream:
-            job = server.submit(program, req.seed)
-            result = await wait(job, request)
+            result = await run_job(program, req, request)
             server.count(route, 200)
+            use = total_usage([decision, result])
+            if chat:
+                message, finish = chat_message(kind, result)
+                return completion(ident, created, model, message, finish, use)
+            text = answer_text(result)
+            choice = {"index": 0, "text": text, "finish_reason": finish_reason(result), "logprobs": None}
             return {
                 "id": ident,
-                "object": "chat.completion" if chat else "text_completion",
+                "object": "text_completion",
                 "created": created,
                 "model": model,
-                "choices": [choice(answer_text(result), finish_reason(result))],
-                "usage": usage(result),
+                "choices": [choice],
+                "usage": use,
             }
 
-        first, last = answer_span(program)
+        include = req.stream_options is not None and req.stream_options.include_usage
+        chunks = Chunks(ident, created, model, chat=chat, include_usage=include)
 
-        class Deltas:
-            """Append-only deltas: the settled left-to-right prefix of the answer, as it grows."""
+        class Events:
+            @staticmethod
+            def step(step: Step) -> list[bytes]:
+                return [sse(c) for c in (chunks.step(program, step) if kind == "reply" else chunks.start())]
 
-            sent = 0  # canvas positions already sent
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            @staticmethod
+            def final(result: Result) -> list[bytes]:
+                return [sse(c) for c in chunks.finish(kind, result, [decision, result])] + [b"data: [DONE]\n\n"]
 
-            @classmethod
-            def chunk(cls, text: str | None, finish: str | None, role: bool = False) -> bytes:
-                if chat:
-                    delta: dict[str, Any] = {}
-                    if role:
-                        delta["role"] = "assistant"
-                    if text is not None:
-                        delta["content"] = text
-                    ch: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
-                    obj = "chat.completion.chunk"
-                else:
-                    ch = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-                    obj = "text_completion"
-                return sse({"id": ident, "object": obj, "created": created, "model": model, "choices": [ch]})
-
-            @classmethod
-            def advance(cls, canvas: Any) -> str:
-                mask = program.mask_id
-                stop = first + cls.sent
-                while stop < last and canvas[stop] != mask:
-                    stop += 1
-                ids = [int(t) for t in canvas[first + cls.sent : stop].tolist() if t != program.pad_id]
-                cls.sent = stop - first
-                return cls.decoder.decode(program.tokenizer.decode_bytes(ids)) if ids else ""
-
-            @classmethod
-            def step(cls, step: Step) -> list[bytes]:
-                out = []
-                if step.index == 0 and chat:
-                    out.append(cls.chunk("", None, role=True))
-                text = cls.advance(step.canvas)
-                if text:
-                    out.append(cls.chunk(text, None))
-                return out
-
-            @classmethod
-            def final(cls, result: Result) -> list[bytes]:
-                text = cls.advance(result.canvas) + cls.decoder.decode(b"", final=True)
-                out = [cls.chunk(text, None)] if text else []
-                out.append(cls.chunk(None if chat else "", finish_reason(result)))
-                if req.stream_options is not None and req.stream_options.include_usage:
-                    obj = "chat.completion.chunk" if chat else "text_completion"
-                    tail = {"id": ident, "object": obj, "created": created, "model": model, "choices": []}
-                    out.append(sse({**tail, "usage": usage(result)}))
-                out.append(b"data: [DONE]\n\n")
-                return out
-
-        resp = streamer(lambda cb: server.submit(program, req.seed, cb), Deltas)
+        resp = streamer(lambda cb: server.submit(program, req.seed, cb), Events)
         server.count(route, 200)
         return resp
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
-        try:
-            text = render_chat([m.model_dump() for m in req.messages], model=server.denoiser)
-        except DLMPromptError as exc:
-            raise APIError(400, str(exc), code="bad_messages") from None
-        return await openai_run(req, request, text, None, chat=True)
+        check_unsupported(req)
+        return await openai_answer(req, request, chat_plan(req, server.denoiser, server.limits), chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
-        return await openai_run(req, request, req.prompt, req.suffix, chat=False)
+        check_unsupported(req)
+        prompt = openai_prompt(req, req.prompt, req.suffix, server.limits, server.tokenizer)
+        return await openai_answer(req, request, ChatPlan("text", None, None, prompt), chat=False)
 
     return app
 

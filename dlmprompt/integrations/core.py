@@ -1,0 +1,203 @@
+"""The one seam every framework adapter talks to: OpenAI chat bodies in, OpenAI answers out.
+
+:func:`chat_backend` takes what ``dlmprompt.load`` takes (nothing for the embedded model, a
+checkpoint folder, a loaded denoiser, a ``http(s)://`` URL of ``dlmprompt serve`` or a
+``dlmprompt.remote`` backend) and gives a :class:`ChatBackend`:
+
+* in process (:class:`LocalChat`), a body runs through the server's own mapping
+  (:mod:`dlmprompt.serving.chat`: messages, tools, ``response_format`` and the other constraint
+  dialects) on :func:`~dlmprompt.sampling.sampler.generate`;
+* over HTTP (:class:`RemoteChat`), the body is sent to ``/v1/chat/completions``.
+
+So an adapter writes one OpenAI body and reads one OpenAI answer (or chunk stream) whichever the
+backend, and tool calls / structured outputs keep the same exactness either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from dlmprompt.errors import DLMPromptError, SpecError
+
+
+class ChatBackend:
+    """``complete(body)`` → an OpenAI ``chat.completion`` dict; ``stream(body)`` → its chunks;
+    ``acomplete`` / ``astream`` the same without blocking the event loop."""
+
+    model_name: str = "dlmprompt-default"
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def acomplete(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await asyncio.to_thread(self.complete, body)
+
+    async def astream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        it = iter(self.stream(body))
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, it, done)
+            if item is done:
+                return
+            yield item
+
+
+class LocalChat(ChatBackend):
+    """A denoiser in this process. Generations run one at a time (a lock), each to the end."""
+
+    def __init__(self, denoiser: Any, *, model_name: str = "dlmprompt-default") -> None:
+        from dlmprompt.serving.protocol import Limits
+
+        self.denoiser = denoiser
+        self.model_name = model_name
+        self.limits = Limits()
+        self.lock = threading.Lock()
+
+    def _plan(self, body: dict[str, Any]) -> Any:
+        from pydantic import ValidationError
+
+        from dlmprompt.serving.chat import chat_plan
+        from dlmprompt.serving.protocol import APIError, ChatRequest, check_unsupported
+
+        try:
+            req = ChatRequest.model_validate(body)
+            check_unsupported(req)
+            return req, chat_plan(req, self.denoiser, self.limits)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise SpecError(f"bad chat request at {where}: {first['msg']}") from None
+        except APIError as exc:
+            raise SpecError(exc.message) from None
+
+    def _generate(self, prompt: Any, seed: int | None, on_step: Any = None) -> Any:
+        import torch
+
+        from dlmprompt.sampling.sampler import generate
+
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        with self.lock:
+            return generate(self.denoiser, prompt, generator=gen, on_step=on_step)
+
+    def _head(self, req: Any) -> tuple[str, int, str]:
+        return "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time()), req.model or self.model_name
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        from dlmprompt.serving.chat import chat_message, completion, total_usage
+
+        req, plan = self._plan(body)
+        decision = self._generate(plan.decide, req.seed) if plan.decide is not None else None
+        kind, prompt = plan.final(decision)
+        result = self._generate(prompt, req.seed)
+        message, finish = chat_message(kind, result)
+        return completion(*self._head(req), message, finish, total_usage([decision, result]))
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        from dlmprompt.compiler import compile
+        from dlmprompt.serving.chat import Chunks
+
+        req, plan = self._plan(body)
+        include = req.stream_options is not None and req.stream_options.include_usage
+        chunks = Chunks(*self._head(req), include_usage=include)
+        out: queue.Queue[Any] = queue.Queue()
+
+        def work() -> None:
+            try:
+                decision = self._generate(plan.decide, req.seed) if plan.decide is not None else None
+                kind, prompt = plan.final(decision)
+                program = compile(prompt, self.denoiser.tokenizer)
+
+                def on_step(step: Any) -> None:
+                    for c in chunks.step(program, step) if kind == "reply" else chunks.start():
+                        out.put(c)
+
+                result = self._generate(program, req.seed, on_step)
+                for c in chunks.finish(kind, result, [decision, result]):
+                    out.put(c)
+            except BaseException as exc:  # handed to the reader, raised there
+                out.put(exc)
+            out.put(None)
+
+        threading.Thread(target=work, name="dlmprompt-chat-stream", daemon=True).start()
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class RemoteChat(ChatBackend):
+    """A ``dlmprompt serve`` server: bodies go to its ``/v1/chat/completions``."""
+
+    def __init__(self, url: str, *, model_name: str | None = None, **client_options: Any) -> None:
+        from dlmprompt.serving.client import Client
+
+        self.client = Client(url, **client_options)
+        self.url = url
+        self.model_name = model_name or "dlmprompt-default"
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.client.chat(body)
+
+    def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield from self.client.chat_stream(body)
+
+
+def chat_backend(model: Any = None, **options: Any) -> ChatBackend:
+    """A :class:`ChatBackend` for ``model``: nothing (the embedded model), a checkpoint folder, a
+    loaded denoiser, a server URL, a ``dlmprompt.remote`` backend or a :class:`ChatBackend`.
+    ``options``: the client's (``api_key=``, ``timeout=``) for a URL, ``load_model``'s for a folder."""
+    if isinstance(model, ChatBackend):
+        return model
+    if isinstance(model, str) and model.startswith(("http://", "https://")):
+        return RemoteChat(model, **options)
+    if hasattr(model, "remote_generate") and hasattr(model, "client"):  # dlmprompt.remote(url)
+        return RemoteChat(model.client.url)
+    if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
+        from dlmprompt.models.backends import load_model
+
+        name = "dlmprompt-default" if model is None else str(model)
+        return LocalChat(load_model(model, **options), model_name=name)
+    if not hasattr(model, "tokenizer"):
+        raise DLMPromptError(
+            f"cannot chat with a {type(model).__name__}; give a model from dlmprompt.load(), a folder or a server URL"
+        )
+    return LocalChat(model)
+
+
+def json_schema_of(schema: Any) -> dict[str, Any]:
+    """A JSON Schema dict from a dict, a pydantic model class or any type pydantic can describe
+    (a ``TypedDict``, a dataclass, ``list[int]``)."""
+    if isinstance(schema, dict):
+        return schema
+    if hasattr(schema, "model_json_schema"):
+        return schema.model_json_schema()
+    try:
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(schema).json_schema()
+    except Exception as exc:
+        raise SpecError(f"cannot make a JSON Schema of {schema!r}: {exc}") from None
+
+
+def tool_spec(tool: Any) -> dict[str, Any]:
+    """OpenAI's ``{"type": "function", "function": {...}}`` from that shape, a bare function
+    object, or a pydantic model class (its name and schema)."""
+    if isinstance(tool, dict):
+        if tool.get("type") == "function" and "function" in tool:
+            return tool
+        if "name" in tool:
+            return {"type": "function", "function": tool}
+    if isinstance(tool, type) and hasattr(tool, "model_json_schema"):
+        schema = tool.model_json_schema()
+        desc = schema.pop("description", "") or (tool.__doc__ or "").strip()
+        return {"type": "function", "function": {"name": tool.__name__, "description": desc, "parameters": schema}}
+    raise SpecError(f"cannot make a tool of {tool!r}; give an OpenAI function tool dict or a pydantic model")

@@ -1,0 +1,200 @@
+"""OpenAI chat completions with tools: a request becomes a :class:`ChatPlan` (the prompts to run),
+its results become an OpenAI message, and a stream becomes OpenAI's chunks.
+
+One plan, two drivers: the server runs each prompt as a job on its batching engine, the in-process
+backend of the framework adapters (:mod:`dlmprompt.integrations.core`) runs it with
+:func:`~dlmprompt.sampling.sampler.generate`. Both then build the same answer from the same
+functions here, so a framework sees the same shapes in process and over HTTP.
+
+Tools: ``tool_choice`` ``"required"`` or a named tool runs one prompt whose slot is the call (an
+``anyOf`` of one ``{"name", "arguments"}`` object per tool; an array of them, up to
+``MAX_PARALLEL_CALLS``, with ``parallel_tool_calls: true``), so every call names one of the tools
+and its arguments are valid under that tool's ``parameters``. ``"auto"`` (the default when tools
+are given) first runs a choice slot, ``call`` or ``reply``, after the conversation and the tool
+list; the model's own probabilities, restricted to those two words, decide. ``"none"`` writes a
+text reply. A text reply keeps the request's ``response_format`` (or other constraint).
+
+``parallel_tool_calls`` absent means one call per turn: a diffusion model fills a fixed canvas,
+and an array of calls costs canvas for every call it might hold.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from typing import Any
+
+from dlmprompt.compiler import Program
+from dlmprompt.errors import DLMPromptError
+from dlmprompt.sampling.events import Result, Step
+from dlmprompt.serving.protocol import (
+    APIError,
+    ChatRequest,
+    Limits,
+    answer_slot,
+    answer_span,
+    answer_text,
+    finish_reason,
+    openai_prompt,
+    usage,
+    with_options,
+)
+from dlmprompt.spec import Prompt
+from dlmprompt.templating import render_chat
+from dlmprompt.toolcalls import answer_of, tool_prompts
+
+MAX_PARALLEL_CALLS = 4
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """What to run for one chat request. ``mode``: ``"text"`` (no tools) or the tool choice
+    (``"auto"``, ``"required"``, ``"none"``); ``decide``: the choice prompt of ``"auto"``."""
+
+    mode: str
+    decide: Prompt | None
+    call: Prompt | None
+    reply: Prompt
+
+    def final(self, decision: Result | None) -> tuple[str, Prompt]:
+        """(``"call"`` or ``"reply"``, the prompt to run) once the decision (if any) is known."""
+        if self.mode == "required" or (self.mode == "auto" and decision is not None and decision["action"] == "call"):
+            assert self.call is not None
+            return "call", self.call
+        return "reply", self.reply
+
+
+def messages_of(req: ChatRequest) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in req.messages]
+
+
+def chat_plan(req: ChatRequest, denoiser: Any, limits: Limits) -> ChatPlan:
+    """The plan of a chat request (raises :class:`APIError` 400 for bad messages or tools)."""
+    messages = messages_of(req)
+    tokenizer = denoiser.tokenizer
+    try:
+        if not req.tools:
+            if req.tool_choice not in (None, "none"):
+                raise APIError(400, "tool_choice needs tools", code="bad_tools")
+            text = render_chat(messages, model=denoiser)
+            return ChatPlan("text", None, None, openai_prompt(req, text, None, limits, tokenizer))
+        tools = [t.model_dump(exclude_none=True) for t in req.tools]
+        n = req.max_completion_tokens or req.max_tokens
+        grounded_text = render_chat(messages, model=denoiser) if req.grounded is True else ""
+        mode, decide, call, reply = tool_prompts(
+            messages,
+            tools,
+            tool_choice=req.tool_choice or "auto",
+            parallel_tool_calls=bool(req.parallel_tool_calls),
+            max_calls=MAX_PARALLEL_CALLS,
+            max_tokens=min(n or 16, 64),
+            reply_slot=answer_slot(req, limits, tokenizer, grounded_text, name="reply"),
+            model=denoiser,
+        )
+    except DLMPromptError as exc:
+        raise APIError(400, f"{type(exc).__name__}: {exc}", code="bad_tools" if req.tools else "bad_messages") from None
+    decide = None if decide is None else with_options(req, decide)
+    return ChatPlan(mode, decide, None if mode == "none" else with_options(req, call), with_options(req, reply))
+
+
+def chat_message(kind: str, result: Result) -> tuple[dict[str, Any], str]:
+    """(the assistant message, the finish reason) of the final result."""
+    if kind == "call":
+        calls = [c.as_openai() for c in answer_of("required", None, result).calls]
+        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": answer_text(result)}, finish_reason(result)
+
+
+def total_usage(results: list[Result | None]) -> dict[str, int]:
+    """Usage over every generation of the answer (the decision reads the conversation too)."""
+    out = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for r in results:
+        if r is not None:
+            for k, v in usage(r).items():
+                out[k] += v
+    return out
+
+
+def completion(ident: str, created: int, model: str, message: dict[str, Any], finish: str, use: dict) -> dict:
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": use,
+    }
+
+
+class Chunks:
+    """OpenAI's stream of one answer, as chunk dicts (the server sends each as an SSE ``data:``).
+
+    A text answer streams as deltas of its settled left-to-right prefix while it is denoised; a
+    tool call is sent once complete (its id and name, then its arguments), as OpenAI sends them.
+    """
+
+    def __init__(self, ident: str, created: int, model: str, *, chat: bool = True, include_usage: bool = False):
+        self.ident, self.created, self.model, self.chat = ident, created, model, chat
+        self.include_usage = include_usage
+        self.sent = 0  # canvas positions of the answer already sent
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.started = False
+
+    def chunk(self, delta: dict[str, Any] | None, finish: str | None, text: str = "") -> dict[str, Any]:
+        if self.chat:
+            ch: dict[str, Any] = {"index": 0, "delta": delta or {}, "finish_reason": finish, "logprobs": None}
+            obj = "chat.completion.chunk"
+        else:
+            ch = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            obj = "text_completion"
+        return {"id": self.ident, "object": obj, "created": self.created, "model": self.model, "choices": [ch]}
+
+    def start(self) -> list[dict[str, Any]]:
+        if self.started or not self.chat:
+            return []
+        self.started = True
+        return [self.chunk({"role": "assistant", "content": ""}, None)]
+
+    def text(self, text: str) -> dict[str, Any]:
+        return self.chunk({"content": text}, None, text) if self.chat else self.chunk(None, None, text)
+
+    def _advance(self, program: Program, canvas: Any) -> str:
+        first, last = answer_span(program)
+        stop = first + self.sent
+        while stop < last and canvas[stop] != program.mask_id:
+            stop += 1
+        ids = [int(t) for t in canvas[first + self.sent : stop].tolist() if t != program.pad_id]
+        self.sent = stop - first
+        return self.decoder.decode(program.tokenizer.decode_bytes(ids)) if ids else ""
+
+    def step(self, program: Program, step: Step) -> list[dict[str, Any]]:
+        """The chunks a denoising step of a text answer releases."""
+        out = self.start()
+        text = self._advance(program, step.canvas)
+        if text:
+            out.append(self.text(text))
+        return out
+
+    def finish(self, kind: str, result: Result, results: list[Result | None]) -> list[dict[str, Any]]:
+        """The last chunks: the rest of the text (or the tool calls), the finish reason, usage."""
+        out = self.start()
+        if kind == "call":
+            message, finish = chat_message(kind, result)
+            for i, call in enumerate(message["tool_calls"]):
+                fn = call["function"]
+                named = {"name": fn["name"], "arguments": ""}
+                head = {"index": i, "id": call["id"], "type": "function", "function": named}
+                out.append(self.chunk({"tool_calls": [head]}, None))
+                out.append(self.chunk({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}, None))
+        else:
+            text = self._advance(result.program, result.canvas) + self.decoder.decode(b"", final=True)
+            if text:
+                out.append(self.text(text))
+            finish = finish_reason(result)
+        out.append(self.chunk({}, finish))
+        if self.include_usage:
+            tail = self.chunk(None, None)
+            tail["choices"] = []
+            tail["usage"] = total_usage(results)
+            out.append(tail)
+        return out
