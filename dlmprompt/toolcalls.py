@@ -105,6 +105,14 @@ def _choice(tool_choice: Any, tools: list[dict[str, Any]]) -> tuple[str, list[di
     raise SpecError(f"tool_choice is 'auto', 'required', 'none' or {{'type': 'function', ...}}; got {tool_choice!r}")
 
 
+def _text(content: Any) -> str:
+    """A message's text: a string, or the text parts of OpenAI's content list (tool-call parts of
+    an assistant message are carried by its ``tool_calls``)."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content or ""
+
+
 def conversation(messages: Any, tools: list[dict[str, Any]], *, model: Any = None) -> Prompt:
     """The conversation with the tools, under the model's chat template (see the module doc)."""
     from dlmprompt.templating import chat_template_for
@@ -129,7 +137,7 @@ def conversation(messages: Any, tools: list[dict[str, Any]], *, model: Any = Non
                 json.dumps({"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"] or "{}")})
                 for c in calls
             ]
-            m["content"] = (m.get("content") or "") + "".join(f"<tool_call>{w}</tool_call>" for w in written)
+            m["content"] = _text(m.get("content")) + "".join(f"<tool_call>{w}</tool_call>" for w in written)
         m.pop("tool_call_id", None)
         m.pop("name", None)
         history.append(m)

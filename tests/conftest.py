@@ -44,3 +44,10 @@ def both_paths(request):  # type: ignore[no-untyped-def]
         os.environ.pop("DLMPROMPT_SAMPLER", None)
     else:
         os.environ["DLMPROMPT_SAMPLER"] = old
+
+
+def pytest_configure(config):  # type: ignore[no-untyped-def]
+    # langchain-tests' standard suite carries a pytest-benchmark test; run it once, untimed (tests
+    # never assert wall-clock times; timings live in benchmarks/)
+    if config.pluginmanager.hasplugin("pytest_benchmark") or config.pluginmanager.hasplugin("benchmark"):
+        config.option.benchmark_disable = True

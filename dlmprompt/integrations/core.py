@@ -16,6 +16,7 @@ backend, and tool calls / structured outputs keep the same exactness either way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 import time
@@ -161,6 +162,8 @@ def chat_backend(model: Any = None, **options: Any) -> ChatBackend:
         return RemoteChat(model, **options)
     if hasattr(model, "remote_generate") and hasattr(model, "client"):  # dlmprompt.remote(url)
         return RemoteChat(model.client.url)
+    if model is None and not options:
+        return embedded_chat()
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         from dlmprompt.models.backends import load_model
 
@@ -171,6 +174,14 @@ def chat_backend(model: Any = None, **options: Any) -> ChatBackend:
             f"cannot chat with a {type(model).__name__}; give a model from dlmprompt.load(), a folder or a server URL"
         )
     return LocalChat(model)
+
+
+@functools.lru_cache(maxsize=1)
+def embedded_chat() -> LocalChat:
+    """The embedded default model, loaded once per process for every adapter that asks for it."""
+    from dlmprompt.models.backends import load_model
+
+    return LocalChat(load_model())
 
 
 def json_schema_of(schema: Any) -> dict[str, Any]:
