@@ -4,21 +4,15 @@ their schemas."""
 
 from __future__ import annotations
 
-import json
-
-import jsonschema
 import pytest
 
 pytest.importorskip("langchain_core")
 pytest.importorskip("langchain_tests")
 
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
-from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
-from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
 
-from dlmprompt.integrations.langchain import ChatDLMPrompt  # noqa: E402
+from dlmprompt.integrations.langchain import ChatDLMPrompt
 
 # standard tests that check what the model says (not the shape of what it returns): a 5M model
 # trained on record filling does not know that magic_function(3) means input=3, nor which words of

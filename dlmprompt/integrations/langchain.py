@@ -73,7 +73,12 @@ def _cut(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
 
 def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
-        {"name": c["function"]["name"], "args": json.loads(c["function"]["arguments"]), "id": c["id"], "type": "tool_call"}
+        {
+            "name": c["function"]["name"],
+            "args": json.loads(c["function"]["arguments"]),
+            "id": c["id"],
+            "type": "tool_call",
+        }
         for c in calls
     ]
 
@@ -169,7 +174,9 @@ class ChatDLMPrompt(BaseChatModel):
         text, cut = _cut(msg.get("content") or "", stop or self.stop)
         if cut:
             meta["finish_reason"] = "stop"
-        return AIMessage(content=text, usage_metadata=_usage(answer.get("usage")), response_metadata=meta, id=answer.get("id"))
+        return AIMessage(
+            content=text, usage_metadata=_usage(answer.get("usage")), response_metadata=meta, id=answer.get("id")
+        )
 
     def _generate(
         self,
