@@ -141,3 +141,21 @@ def test_grounded_compile_benchmark_small(tmp_path) -> None:
     runs = json.loads(out.read_text())["runs"]
     assert {r["chars"] for r in runs} == {100, 400} and all(r["states"] > 0 and r["edges"] > 0 for r in runs)
     assert "compile ms" in done.stdout
+
+
+@pytest.mark.parametrize("flags", [[], ["--server"]], ids=["in-process", "server"])
+def test_agent_tools_example_runs_with_valid_calls_and_report(flags) -> None:  # type: ignore[no-untyped-def]
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "agent_tools.py"), *flags], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    calls = [ln for ln in lines if ln.startswith("turn ") and "->" in ln]
+    for ln in calls:  # turn N: get_weather({"city": "Lisbon"}) -> 21 C
+        name, rest = ln.split(": ", 1)[1].split("(", 1)
+        assert name in ("get_weather", "get_population")
+        assert json.loads(rest.rsplit(") -> ", 1)[0])["city"] in ("Lisbon", "Oslo", "Lima")
+    report = json.loads(lines[-1])
+    assert set(report) == {"city", "temperature_c", "warm"} and -60 <= report["temperature_c"] <= 60
+    assert isinstance(report["warm"], bool) and len(report["city"]) <= 20

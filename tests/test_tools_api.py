@@ -267,3 +267,19 @@ def test_langchain_adapter_against_a_real_server(server) -> None:  # type: ignor
     (call,) = full.tool_calls
     assert call["name"] == "add"
     jsonschema.validate(call["args"], add.tool_call_schema.model_json_schema())
+
+
+def test_stop_cuts_text_answers_and_no_op_fields_are_checked(client) -> None:  # type: ignore[no-untyped-def]
+    ask = {"model": "m", "messages": MESSAGES, "max_tokens": 24, "seed": 5}
+    full = client.chat.completions.create(**ask).choices[0].message.content
+    assert len(full) > 2
+    stop = full[2:4]
+    r = client.chat.completions.create(**ask, stop=[stop])
+    assert r.choices[0].message.content == full[: full.find(stop)] and r.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(**ask, stop=stop, stream=True)
+    text = "".join(ch.delta.content or "" for c in streamed for ch in c.choices)
+    assert text == full[: full.find(stop)]
+    # hints that do not change the answer are accepted; fields that would are refused unless no-ops
+    client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=4, store=False, frequency_penalty=0)
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=4, logit_bias={"5": 10})

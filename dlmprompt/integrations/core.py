@@ -27,6 +27,15 @@ from typing import Any
 from dlmprompt.errors import DLMPromptError, SpecError
 
 
+class RequestRefused(SpecError):
+    """A chat body the mapping refuses, with the HTTP ``status`` and ``code`` a server would give."""
+
+    def __init__(self, message: str, status: int = 400, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 class ChatBackend:
     """``complete(body)`` → an OpenAI ``chat.completion`` dict; ``stream(body)`` → its chunks;
     ``acomplete`` / ``astream`` the same without blocking the event loop."""
@@ -76,9 +85,9 @@ class LocalChat(ChatBackend):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise SpecError(f"bad chat request at {where}: {first['msg']}") from None
+            raise RequestRefused(f"bad chat request at {where}: {first['msg']}", 400, "invalid_body") from None
         except APIError as exc:
-            raise SpecError(exc.message) from None
+            raise RequestRefused(exc.message, exc.status, exc.code) from None
 
     def _generate(self, prompt: Any, seed: int | None, on_step: Any = None) -> Any:
         import torch
@@ -94,21 +103,23 @@ class LocalChat(ChatBackend):
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         from dlmprompt.serving.chat import chat_message, completion, total_usage
+        from dlmprompt.serving.protocol import stops
 
         req, plan = self._plan(body)
         decision = self._generate(plan.decide, req.seed) if plan.decide is not None else None
         kind, prompt = plan.final(decision)
         result = self._generate(prompt, req.seed)
-        message, finish = chat_message(kind, result)
+        message, finish = chat_message(kind, result, stops(req))
         return completion(*self._head(req), message, finish, total_usage([decision, result]))
 
     def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from dlmprompt.compiler import compile
         from dlmprompt.serving.chat import Chunks
+        from dlmprompt.serving.protocol import stops
 
         req, plan = self._plan(body)
         include = req.stream_options is not None and req.stream_options.include_usage
-        chunks = Chunks(*self._head(req), include_usage=include)
+        chunks = Chunks(*self._head(req), include_usage=include, stop=stops(req))
         out: queue.Queue[Any] = queue.Queue()
 
         def work() -> None:

@@ -34,6 +34,7 @@ from dlmprompt.serving.protocol import (
     answer_slot,
     answer_span,
     answer_text,
+    cut_at_stop,
     finish_reason,
     openai_prompt,
     usage,
@@ -97,12 +98,14 @@ def chat_plan(req: ChatRequest, denoiser: Any, limits: Limits) -> ChatPlan:
     return ChatPlan(mode, decide, None if mode == "none" else with_options(req, call), with_options(req, reply))
 
 
-def chat_message(kind: str, result: Result) -> tuple[dict[str, Any], str]:
-    """(the assistant message, the finish reason) of the final result."""
+def chat_message(kind: str, result: Result, stop: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """(the assistant message, the finish reason) of the final result; a text reply is cut before
+    the first of ``stop``."""
     if kind == "call":
         calls = [c.as_openai() for c in answer_of("required", None, result).calls]
         return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
-    return {"role": "assistant", "content": answer_text(result)}, finish_reason(result)
+    text, cut = cut_at_stop(answer_text(result), stop or [])
+    return {"role": "assistant", "content": text}, "stop" if cut else finish_reason(result)
 
 
 def total_usage(results: list[Result | None]) -> dict[str, int]:
@@ -133,9 +136,21 @@ class Chunks:
     tool call is sent once complete (its id and name, then its arguments), as OpenAI sends them.
     """
 
-    def __init__(self, ident: str, created: int, model: str, *, chat: bool = True, include_usage: bool = False):
+    def __init__(
+        self,
+        ident: str,
+        created: int,
+        model: str,
+        *,
+        chat: bool = True,
+        include_usage: bool = False,
+        stop: list[str] | None = None,
+    ) -> None:
         self.ident, self.created, self.model, self.chat = ident, created, model, chat
         self.include_usage = include_usage
+        self.stop = stop or []
+        self.text_so_far = ""  # the text sent, to find a stop sequence across deltas
+        self.stopped = False
         self.sent = 0  # canvas positions of the answer already sent
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.started = False
@@ -155,7 +170,15 @@ class Chunks:
         self.started = True
         return [self.chunk({"role": "assistant", "content": ""}, None)]
 
-    def text(self, text: str) -> dict[str, Any]:
+    def text(self, text: str) -> dict[str, Any] | None:
+        if self.stop:
+            if self.stopped:
+                return None
+            kept, self.stopped = cut_at_stop(self.text_so_far + text, self.stop)
+            text = kept[len(self.text_so_far) :]
+            self.text_so_far = kept
+            if not text:
+                return None
         return self.chunk({"content": text}, None, text) if self.chat else self.chunk(None, None, text)
 
     def _advance(self, program: Program, canvas: Any) -> str:
@@ -171,8 +194,8 @@ class Chunks:
         """The chunks a denoising step of a text answer releases."""
         out = self.start()
         text = self._advance(program, step.canvas)
-        if text:
-            out.append(self.text(text))
+        if text and (c := self.text(text)) is not None:
+            out.append(c)
         return out
 
     def finish(self, kind: str, result: Result, results: list[Result | None]) -> list[dict[str, Any]]:
@@ -188,9 +211,9 @@ class Chunks:
                 out.append(self.chunk({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}, None))
         else:
             text = self._advance(result.program, result.canvas) + self.decoder.decode(b"", final=True)
-            if text:
-                out.append(self.text(text))
-            finish = finish_reason(result)
+            if text and (c := self.text(text)) is not None:
+                out.append(c)
+            finish = "stop" if self.stopped else finish_reason(result)
         out.append(self.chunk({}, finish))
         if self.include_usage:
             tail = self.chunk(None, None)

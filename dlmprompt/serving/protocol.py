@@ -91,6 +91,9 @@ class StructuredOutputs(BaseModel):
     choice: list[str] | None = None
     grammar: str | None = None
     json_object: bool | None = None
+    # vLLM's whitespace between JSON tokens; dlmprompt's JSON layout is its own compact form
+    # (", " and ": "), so the pattern is accepted and not applied
+    whitespace_pattern: str | None = None
 
 
 class StreamOptions(BaseModel):
@@ -108,6 +111,8 @@ class OpenAIRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0)
     seed: int | None = None
     stream: bool = False
+    # a text answer is cut before the first stop sequence (after generation: a DLM fills its slot at once)
+    stop: Union[str, list[str], None] = None
     n: int = Field(default=1, ge=1, le=1)
     response_format: ResponseFormat | None = None
     stream_options: StreamOptions | None = None
@@ -154,11 +159,18 @@ class CompletionRequest(OpenAIRequest):
     suffix: str | None = None
 
 
-_IGNORED_OK = {"top_p", "user", "stop", "frequency_penalty", "presence_penalty", "logit_bias"}
+# hints that do not change an answer: accepted and ignored
+_IGNORED_OK = {
+    "top_p", "user", "store", "metadata", "service_tier", "prompt_cache_key", "prompt_cache_retention",
+    "safety_identifier",
+}  # fmt: skip
+# fields that would change an answer: accepted only at their no-op value
+_NO_OP = {"frequency_penalty": (0, 0.0, None), "presence_penalty": (0, 0.0, None), "logit_bias": ({}, None)}
 
 
 def check_unsupported(req: BaseModel) -> None:
-    extra = sorted(set(req.model_extra or {}) - _IGNORED_OK)
+    given = req.model_extra or {}
+    extra = sorted(k for k in given if k not in _IGNORED_OK and not (k in _NO_OP and given[k] in _NO_OP[k]))
     if extra:
         raise APIError(400, f"unsupported field(s) {extra}", code="unsupported_field")
 
@@ -276,6 +288,16 @@ def answer_text(result: Result) -> str:
     start, stop = answer_span(prog)
     ids = [int(t) for t in result.canvas[start:stop].tolist() if t != prog.pad_id]
     return prog.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def stops(req: OpenAIRequest) -> list[str]:
+    return [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """The text before the first stop sequence, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
 
 
 def finish_reason(result: Result) -> str:

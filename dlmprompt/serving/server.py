@@ -45,10 +45,12 @@ from dlmprompt.serving.protocol import (
     OpenAIRequest,
     answer_text,
     check_unsupported,
+    cut_at_stop,
     error_body,
     finish_reason,
     openai_prompt,
     sse,
+    stops,
 )
 from dlmprompt.spec import Json, Prompt
 
@@ -482,10 +484,15 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             server.count(route, 200)
             use = total_usage([decision, result])
             if chat:
-                message, finish = chat_message(kind, result)
+                message, finish = chat_message(kind, result, stops(req))
                 return completion(ident, created, model, message, finish, use)
-            text = answer_text(result)
-            choice = {"index": 0, "text": text, "finish_reason": finish_reason(result), "logprobs": None}
+            text, cut = cut_at_stop(answer_text(result), stops(req))
+            choice = {
+                "index": 0,
+                "text": text,
+                "finish_reason": "stop" if cut else finish_reason(result),
+                "logprobs": None,
+            }
             return {
                 "id": ident,
                 "object": "text_completion",
@@ -496,7 +503,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             }
 
         include = req.stream_options is not None and req.stream_options.include_usage
-        chunks = Chunks(ident, created, model, chat=chat, include_usage=include)
+        chunks = Chunks(ident, created, model, chat=chat, include_usage=include, stop=stops(req))
 
         class Events:
             @staticmethod
