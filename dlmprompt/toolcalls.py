@@ -1,16 +1,19 @@
 """Tool calls whose arguments always satisfy the tool's schema.
 
-A tool call is one JSON value under ``anyOf`` of ``{"name": <const>, "arguments": <the tool's
-parameters>}``, one branch per tool (an array of them, up to a bound, for parallel calls), so the
-JSON machinery makes every call exact: the name is one of the tools and the arguments validate.
+A call is one JSON value ``{"name": <const>, "arguments": <the tool's parameters>}`` under that
+tool's schema, so the JSON machinery makes every call exact: the name is one of the tools and the
+arguments validate. Parallel calls are an array (up to a bound) under ``anyOf`` of one such branch
+per tool.
 
-``tool_choice``: ``"required"`` or a named tool gives a call; ``"none"`` a text reply; ``"auto"``
-lets the model decide first, **by a choice slot**: after the conversation and the tool list, the
-slot ``action`` holds ``call`` or ``reply`` (the model's own probabilities decide, constrained to
-those two), and the answer is then written under the chosen constraint. Tool messages and earlier
-calls in the history go through the chat template: the model's own tool format when its template
-takes ``tools``, else a shipped one (the tools listed in a system message, calls written as
-``<tool_call>{...}</tool_call>``).
+``tool_choice``: ``"none"`` writes a text reply; ``"auto"`` lets the model decide first, **by a
+choice slot**: after the conversation and the tool list, the slot ``action`` holds ``call`` or
+``reply`` (the model's own probabilities decide, constrained to those two). A call of one of
+several tools then runs a second choice slot, ``tool``, over their names, and the call is written
+under that tool's schema alone. So the structure comes first (whether to call, then what), then
+the arguments, as a template of that one tool. ``"required"`` with several tools runs the name
+choice alone; a named tool (or a single one) needs no choice. Tool messages and earlier calls in the history go through
+the chat template: the model's own tool format when its template takes ``tools``, else a shipped
+one (the tools listed in a system message, calls written as ``<tool_call>{...}</tool_call>``).
 """
 
 from __future__ import annotations
@@ -144,6 +147,40 @@ def conversation(messages: Any, tools: list[dict[str, Any]], *, model: Any = Non
     return chat([system, *history], model=model)
 
 
+@dataclass(frozen=True)
+class ToolPrompts:
+    """What to run for a turn with tools, stage by stage (see :meth:`next`).
+
+    ``decide``: under ``"auto"``, a choice slot ``action`` (``call`` or ``reply``) after the
+    conversation. ``pick``: with several usable tools (and no parallel calls), a choice slot
+    ``tool`` over their names. The call is then written under the chosen tool's schema alone:
+    whether, then which, then the arguments, as a template whose free strings can be grounded.
+    With ``parallel_tool_calls`` the calls are one array under ``anyOf`` of every tool."""
+
+    mode: str
+    decide: Prompt | None
+    pick: Prompt | None
+    calls: dict[str, Prompt]  # a tool's name (or "*": the parallel array) -> the call prompt
+    reply: Prompt
+
+    def next(self, done: list[Any]) -> tuple[str, Prompt]:
+        """The next stage given the results of the choices run so far: ``("choice", prompt)``
+        (run it, append its result, ask again), or the answer, ``("call" | "reply", prompt)``."""
+        if self.mode == "none":
+            return "reply", self.reply
+        chosen = {k: r[k] for r in done for k in ("action", "tool") if k in r.captures}
+        if self.decide is not None and "action" not in chosen:
+            return "choice", self.decide
+        if chosen.get("action") == "reply":
+            return "reply", self.reply
+        if "*" in self.calls or len(self.calls) == 1:
+            return "call", next(iter(self.calls.values()))
+        if "tool" not in chosen:
+            assert self.pick is not None
+            return "choice", self.pick
+        return "call", self.calls[chosen["tool"]]
+
+
 def tool_prompts(
     messages: Any,
     tools: Any,
@@ -154,24 +191,43 @@ def tool_prompts(
     max_tokens: int = 16,
     max_reply_tokens: int = 64,
     reply_slot: Any = None,
+    grounded: Any = None,
     model: Any = None,
-) -> tuple[str, Prompt | None, Prompt, Prompt]:
-    """(mode, the decision prompt or None, the call prompt, the reply prompt). ``reply_slot``: the
-    slot a text reply is written in, named ``reply`` (default: free text of ``max_reply_tokens``), e.g. a JSON
-    Schema slot when the reply has a ``response_format``."""
+) -> ToolPrompts:
+    """The :class:`ToolPrompts` of a turn. ``reply_slot``: the slot a text reply is written in,
+    named ``reply`` (default: free text of ``max_reply_tokens``), e.g. a JSON Schema slot when the
+    reply has a ``response_format``. ``grounded``: the calls' free string arguments are spans of
+    these sources (what ``slot(grounded=...)`` takes), so a model copies a city or a name from the
+    conversation instead of spelling it: the strings of required arguments, which the template
+    lays out as holes of their own (not optional ones, nor with ``parallel_tool_calls``: those are
+    written inside one region)."""
     normal = normalize_tools(tools)
     mode, usable = _choice(tool_choice, normal)
     base = conversation(messages, normal, model=model)
-    schema = call_schema(usable, parallel=parallel_tool_calls, max_calls=max_calls)
-    call = base + "<tool_call>" + slot("call", schema=schema, max_tokens=max_tokens) + "</tool_call>"
+
+    def call_prompt(chosen: list[dict[str, Any]], parallel: bool) -> Prompt:
+        schema = call_schema(chosen, parallel=parallel, max_calls=max_calls)
+        ground = None if parallel else grounded
+        # arguments the tool does not name are never written (still valid: a subset of its values)
+        call = slot("call", schema=schema, max_tokens=max_tokens, grounded=ground, additional_properties=False)
+        return base + "<tool_call>" + call + "</tool_call>"
+
+    names = [t["name"] for t in usable]
+    if parallel_tool_calls:
+        calls = {"*": call_prompt(usable, True)}
+    else:
+        calls = {t["name"]: call_prompt([t], False) for t in usable}
     reply = base + (slot("reply", max_tokens=max_reply_tokens) if reply_slot is None else reply_slot)
     decide = base + "Next: " + slot("action", choice=["call", "reply"], max_tokens=2) if mode == "auto" else None
-    return mode, decide, call, reply
+    pick = None
+    if len(calls) > 1 and mode != "none":
+        pick = base + "Tool: " + slot("tool", choice=names, max_tokens=max(len(n) for n in names))
+    return ToolPrompts(mode, decide, pick, calls, reply)
 
 
-def answer_of(mode: str, decided: str | None, result: Any) -> ToolAnswer:
-    """The :class:`ToolAnswer` of the answer generation (``decided``: the decision's value)."""
-    if mode == "none" or decided == "reply":
+def answer_of(result: Any) -> ToolAnswer:
+    """The :class:`ToolAnswer` of the answer generation (a call prompt's or the reply's result)."""
+    if "call" not in result.captures:
         return ToolAnswer((), result["reply"], (result,))
     value = json.loads(result["call"])
     calls = value if isinstance(value, list) else [value]
@@ -185,12 +241,13 @@ def tool_call(model: Any, messages: Any, tools: Any, *, generator: Any = None, *
 
     Options (those of :func:`tool_prompts`): ``tool_choice`` (``"auto"``, ``"required"``,
     ``"none"`` or ``{"type": "function", "function": {"name": ...}}``), ``parallel_tool_calls``,
-    ``max_calls``, ``max_tokens`` (the budget of each argument value), ``max_reply_tokens``."""
+    ``max_calls``, ``max_tokens`` (the budget of each argument value), ``max_reply_tokens``,
+    ``grounded``."""
     from dlmprompt.sampling.sampler import generate
 
-    mode, decide, call, reply = tool_prompts(messages, tools, model=model, **options)
-    first = generate(model, decide, generator=generator) if decide is not None else None
-    decided = None if first is None else first["action"]
-    result = generate(model, reply if mode == "none" or decided == "reply" else call, generator=generator)
-    answer = answer_of(mode, decided, result)
-    return answer if first is None else ToolAnswer(answer.calls, answer.text, (first, result))
+    plan = tool_prompts(messages, tools, model=model, **options)
+    done: list[Any] = []
+    while (stage := plan.next(done))[0] == "choice":
+        done.append(generate(model, stage[1], generator=generator))
+    answer = answer_of(generate(model, stage[1], generator=generator))
+    return ToolAnswer(answer.calls, answer.text, (*done, *answer.results))

@@ -159,3 +159,10 @@ def test_agent_tools_example_runs_with_valid_calls_and_report(flags) -> None:  #
     report = json.loads(lines[-1])
     assert set(report) == {"city", "temperature_c", "warm"} and -60 <= report["temperature_c"] <= 60
     assert isinstance(report["warm"], bool) and len(report["city"]) <= 20
+
+
+@pytest.mark.parametrize("name", ["dspy_typed.py", "llamaindex_structured.py"])
+def test_framework_examples_run(name) -> None:  # type: ignore[no-untyped-def]
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip()

@@ -73,9 +73,5 @@ class TestChatDLMPromptIntegration(ChatModelIntegrationTests):
         await super().test_tool_calling_async(model)
 
     @pytest.mark.xfail(reason=CONTENT)
-    def test_bind_runnables_as_tools(self, model) -> None:  # type: ignore[no-untyped-def]
-        super().test_bind_runnables_as_tools(model)
-
-    @pytest.mark.xfail(reason=CONTENT)
     def test_unicode_tool_call_integration(self, model, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().test_unicode_tool_call_integration(model, **kwargs)

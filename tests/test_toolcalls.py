@@ -77,15 +77,25 @@ def test_required_named_parallel_and_none(embedded) -> None:  # type: ignore[no-
 
 
 def test_auto_decides_with_a_choice_slot_first(embedded) -> None:  # type: ignore[no-untyped-def]
-    _, decide, _, _ = tool_prompts(MESSAGES, TOOLS, tool_choice="auto")
-    assert decide is not None and decide.slots[-1].constraint.options == ("call", "reply")
+    plan = tool_prompts(MESSAGES, TOOLS, tool_choice="auto")
+    # whether to call, then which tool, then that tool's schema alone
+    assert plan.decide is not None and plan.decide.slots[-1].constraint.options == ("call", "reply")
+    assert plan.pick is not None and plan.pick.slots[-1].constraint.options == ("get_weather", "add")
+    assert set(plan.calls) == {"get_weather", "add"}
+    required = tool_prompts(MESSAGES, TOOLS, tool_choice="required")
+    assert required.decide is None and required.pick is not None
+    named = tool_prompts(MESSAGES, TOOLS, tool_choice={"type": "function", "function": {"name": "add"}})
+    assert named.decide is None and named.pick is None and set(named.calls) == {"add"}
+    parallel = tool_prompts(MESSAGES, TOOLS, tool_choice="auto", parallel_tool_calls=True)
+    assert parallel.pick is None and set(parallel.calls) == {"*"}
     for seed in range(3):
         answer = dlmprompt.tool_call(embedded, MESSAGES, TOOLS, generator=torch.Generator().manual_seed(seed))
-        assert len(answer.results) == 2
         if answer.results[0]["action"] == "call":
+            assert len(answer.results) == 3  # the decision, the tool's name, the call
+            assert [c.name for c in answer.calls] == [answer.results[1]["tool"]]
             check_calls(answer, TOOLS)
         else:
-            assert answer.calls == () and answer.text is not None
+            assert len(answer.results) == 2 and answer.calls == () and answer.text is not None
 
 
 def test_history_with_calls_and_tool_results_renders() -> None:
@@ -104,7 +114,7 @@ def test_history_with_calls_and_tool_results_renders() -> None:
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "21 C, sunny"},
     ]
-    _, _, call, _ = tool_prompts(history, TOOLS, tool_choice="required")
+    call = tool_prompts(history, TOOLS, tool_choice="required").calls["add"]
     text = call.parts[0].text
     assert "get_weather: Current weather in a city." in text
     assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Lisbon"}}</tool_call>' in text
@@ -149,7 +159,9 @@ BENCH = _bench_schemas()
 )
 def test_calls_under_real_function_schemas_are_valid(picks, seed, embedded) -> None:  # type: ignore[no-untyped-def]
     tools = [{"type": "function", "function": {"name": f"tool_{i}", "parameters": BENCH[i]}} for i in picks]
-    _, _, call, _ = tool_prompts(MESSAGES, tools, tool_choice="required")
+    parallel = len(tools) > 1  # an array under anyOf of every tool; one tool: its call alone
+    plan = tool_prompts(MESSAGES, tools, tool_choice="required", parallel_tool_calls=parallel)
+    call = next(iter(plan.calls.values()))
     tok = embedded.tokenizer
     try:
         program = compile(call.with_sampling(steps=8, temperature=1.0), tok)
@@ -157,5 +169,6 @@ def test_calls_under_real_function_schemas_are_valid(picks, seed, embedded) -> N
         assume(False)  # a schema the compiler refuses (with its reason): nothing to generate
     result = dlmprompt.generate(RandomDenoiser(tok, seed=seed), program, generator=torch.Generator().manual_seed(seed))
     value = json.loads(result["call"])
-    jsonschema.validate(value, call_schema(normalize_tools(tools)))
-    assert value["name"] in {t["function"]["name"] for t in tools}
+    jsonschema.validate(value, call_schema(normalize_tools(tools), parallel=parallel))
+    for one in value if parallel else [value]:
+        assert one["name"] in {t["function"]["name"] for t in tools}

@@ -283,3 +283,85 @@ def test_stop_cuts_text_answers_and_no_op_fields_are_checked(client) -> None:  #
     client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=4, store=False, frequency_penalty=0)
     with pytest.raises(openai.BadRequestError, match="logit_bias"):
         client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=4, logit_bias={"5": 10})
+
+
+def _bench_function_schemas() -> list[dict]:
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "jsonschemabench")
+    out = []
+    for path in sorted(glob.glob(os.path.join(root, "Glaive*.json")) + glob.glob(os.path.join(root, "BFCL*.json"))):
+        with open(path) as f:
+            schema = json.load(f)["schema"]
+        if isinstance(schema, dict) and schema.get("type") == "object":
+            out.append(schema)
+    return out
+
+
+BENCH = _bench_function_schemas()
+
+
+@pytest.mark.skipif(not BENCH, reason="../shared/data/jsonschemabench is not here")
+def test_server_calls_under_real_function_schemas_drawn_by_hypothesis(client) -> None:  # type: ignore[no-untyped-def]
+    from hypothesis import HealthCheck, assume, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        picks=st.lists(st.integers(0, len(BENCH) - 1), min_size=1, max_size=3, unique=True),
+        parallel=st.booleans(),
+        seed=st.integers(0, 99),
+    )
+    def run(picks, parallel, seed) -> None:  # type: ignore[no-untyped-def]
+        tools = [{"type": "function", "function": {"name": f"tool_{i}", "parameters": BENCH[i]}} for i in picks]
+        try:
+            r = client.chat.completions.create(
+                model="m",
+                messages=MESSAGES,
+                tools=tools,
+                tool_choice="required",
+                parallel_tool_calls=parallel,
+                max_tokens=6,
+                seed=seed,
+            )
+        except openai.BadRequestError as exc:  # a schema the compiler refuses, with its reason
+            assert exc.code in ("bad_tools", "compile_error", "canvas_too_large", "grammar_too_large", "too_many_slots")
+            assume(False)
+        calls = r.choices[0].message.tool_calls
+        check_calls(calls, {t["function"]["name"]: t["function"]["parameters"] for t in tools})
+        assert len(calls) == 1 or parallel
+
+    run()
+
+
+def test_grounded_tool_arguments_are_spans_of_the_conversation(client) -> None:  # type: ignore[no-untyped-def]
+    question = "Create a customer named Hello Group, a technology company."
+    customer = {
+        "type": "function",
+        "function": {
+            "name": "create_customer",
+            "parameters": {
+                "type": "object",
+                "properties": {"customer_name": {"type": "string"}},
+                "required": ["customer_name"],
+            },
+        },
+    }
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": question}],
+            tools=[customer, WEATHER],
+            tool_choice="required",
+            extra_body={"grounded": {"sources": [question], "whole_words": True}},
+            seed=seed,
+        )
+        (call,) = r.choices[0].message.tool_calls
+        args = json.loads(call.function.arguments)
+        schema = SCHEMAS.get(call.function.name) or customer["function"]["parameters"]
+        jsonschema.validate(args, schema)
+        assert set(args) <= set(schema["properties"])  # no argument the tool does not name
+        for key, value in args.items():
+            if key != "unit":  # an enum: not a free string
+                assert value and value in question, (key, value)

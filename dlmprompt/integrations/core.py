@@ -101,39 +101,58 @@ class LocalChat(ChatBackend):
     def _head(self, req: Any) -> tuple[str, int, str]:
         return "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time()), req.model or self.model_name
 
+    def _compiled(self, plan: Any) -> dict[int, Any]:
+        """Every program the answer may run, compiled first: a schema the compiler refuses is a
+        :class:`RequestRefused` before anything runs, as on the server."""
+        from dlmprompt.compiler import compile
+        from dlmprompt.errors import CompileError
+
+        try:
+            return {id(p): compile(p, self.denoiser.tokenizer) for p in plan.programs_to_check()}
+        except CompileError as exc:
+            raise RequestRefused(f"{type(exc).__name__}: {exc}", 400, "compile_error") from None
+
+    def _choices(self, plan: Any, seed: int | None) -> list[Any]:
+        """Run the plan's choice stages (whether to call a tool, which one)."""
+        done: list[Any] = []
+        while (stage := plan.next(done))[0] == "choice":
+            done.append(self._generate(stage[1], seed))
+        return done
+
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         from dlmprompt.serving.chat import chat_message, completion, total_usage
         from dlmprompt.serving.protocol import stops
 
         req, plan = self._plan(body)
-        decision = self._generate(plan.decide, req.seed) if plan.decide is not None else None
-        kind, prompt = plan.final(decision)
-        result = self._generate(prompt, req.seed)
+        programs = self._compiled(plan)
+        done = self._choices(plan, req.seed)
+        kind, prompt = plan.next(done)
+        result = self._generate(programs[id(prompt)], req.seed)
         message, finish = chat_message(kind, result, stops(req))
-        return completion(*self._head(req), message, finish, total_usage([decision, result]))
+        return completion(*self._head(req), message, finish, total_usage([*done, result]))
 
     def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        from dlmprompt.compiler import compile
         from dlmprompt.serving.chat import Chunks
         from dlmprompt.serving.protocol import stops
 
         req, plan = self._plan(body)
+        programs = self._compiled(plan)
         include = req.stream_options is not None and req.stream_options.include_usage
         chunks = Chunks(*self._head(req), include_usage=include, stop=stops(req))
         out: queue.Queue[Any] = queue.Queue()
 
         def work() -> None:
             try:
-                decision = self._generate(plan.decide, req.seed) if plan.decide is not None else None
-                kind, prompt = plan.final(decision)
-                program = compile(prompt, self.denoiser.tokenizer)
+                done = self._choices(plan, req.seed)
+                kind, prompt = plan.next(done)
+                program = programs[id(prompt)]
 
                 def on_step(step: Any) -> None:
                     for c in chunks.step(program, step) if kind == "reply" else chunks.start():
                         out.put(c)
 
                 result = self._generate(program, req.seed, on_step)
-                for c in chunks.finish(kind, result, [decision, result]):
+                for c in chunks.finish(kind, result, [*done, result]):
                     out.put(c)
             except BaseException as exc:  # handed to the reader, raised there
                 out.put(exc)

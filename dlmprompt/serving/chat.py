@@ -6,13 +6,16 @@ backend of the framework adapters (:mod:`dlmprompt.integrations.core`) runs it w
 :func:`~dlmprompt.sampling.sampler.generate`. Both then build the same answer from the same
 functions here, so a framework sees the same shapes in process and over HTTP.
 
-Tools: ``tool_choice`` ``"required"`` or a named tool runs one prompt whose slot is the call (an
-``anyOf`` of one ``{"name", "arguments"}`` object per tool; an array of them, up to
-``MAX_PARALLEL_CALLS``, with ``parallel_tool_calls: true``), so every call names one of the tools
-and its arguments are valid under that tool's ``parameters``. ``"auto"`` (the default when tools
-are given) first runs a choice slot, ``call`` or ``reply``, after the conversation and the tool
-list; the model's own probabilities, restricted to those two words, decide. ``"none"`` writes a
-text reply. A text reply keeps the request's ``response_format`` (or other constraint).
+Tools (see :mod:`dlmprompt.toolcalls`): ``"auto"`` (the default when tools are given) first runs a
+choice slot after the conversation and the tool list, ``call`` or ``reply``; the model's own
+probabilities, restricted to those two, decide. A call of one of several tools then runs a choice
+over their names, and the call is written under the chosen tool's schema (``{"name",
+"arguments"}``), so every call names one of the tools and its arguments are valid under that
+tool's ``parameters``. ``"required"`` runs the name choice alone; a named tool runs its call
+directly. ``parallel_tool_calls: true``
+writes an array (up to ``MAX_PARALLEL_CALLS``) under ``anyOf`` of every tool. ``"none"`` writes a
+text reply. A text reply keeps the request's ``response_format`` (or other constraint);
+``grounded`` grounds the reply's and the calls' free strings.
 
 ``parallel_tool_calls`` absent means one call per turn: a diffusion model fills a fixed canvas,
 and an array of calls costs canvas for every call it might hold.
@@ -21,6 +24,7 @@ and an array of calls costs canvas for every call it might hold.
 from __future__ import annotations
 
 import codecs
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +46,7 @@ from dlmprompt.serving.protocol import (
 )
 from dlmprompt.spec import Prompt
 from dlmprompt.templating import render_chat
-from dlmprompt.toolcalls import answer_of, tool_prompts
+from dlmprompt.toolcalls import ToolPrompts, answer_of, tool_prompts
 
 MAX_PARALLEL_CALLS = 4
 
@@ -50,19 +54,22 @@ MAX_PARALLEL_CALLS = 4
 @dataclass(frozen=True)
 class ChatPlan:
     """What to run for one chat request. ``mode``: ``"text"`` (no tools) or the tool choice
-    (``"auto"``, ``"required"``, ``"none"``); ``decide``: the choice prompt of ``"auto"``."""
+    (``"auto"``, ``"required"``, ``"none"``); ``tools``: the prompts of a turn with tools."""
 
     mode: str
-    decide: Prompt | None
-    call: Prompt | None
     reply: Prompt
+    tools: ToolPrompts | None = None
 
-    def final(self, decision: Result | None) -> tuple[str, Prompt]:
-        """(``"call"`` or ``"reply"``, the prompt to run) once the decision (if any) is known."""
-        if self.mode == "required" or (self.mode == "auto" and decision is not None and decision["action"] == "call"):
-            assert self.call is not None
-            return "call", self.call
-        return "reply", self.reply
+    def next(self, done: list[Result]) -> tuple[str, Prompt]:
+        """The next stage: ``("choice", prompt)`` to run and append to ``done``, or the answer's
+        ``("call" | "reply", prompt)`` (see :meth:`dlmprompt.toolcalls.ToolPrompts.next`)."""
+        return ("reply", self.reply) if self.tools is None else self.tools.next(done)
+
+    def programs_to_check(self) -> list[Prompt]:
+        """Every prompt the answer may run, to compile (and refuse) before anything runs."""
+        if self.tools is None or self.mode == "none":
+            return [self.reply]
+        return [self.reply, *self.tools.calls.values()]
 
 
 def messages_of(req: ChatRequest) -> list[dict[str, Any]]:
@@ -78,11 +85,14 @@ def chat_plan(req: ChatRequest, denoiser: Any, limits: Limits) -> ChatPlan:
             if req.tool_choice not in (None, "none"):
                 raise APIError(400, "tool_choice needs tools", code="bad_tools")
             text = render_chat(messages, model=denoiser)
-            return ChatPlan("text", None, None, openai_prompt(req, text, None, limits, tokenizer))
+            return ChatPlan("text", openai_prompt(req, text, None, limits, tokenizer))
         tools = [t.model_dump(exclude_none=True) for t in req.tools]
         n = req.max_completion_tokens or req.max_tokens
         grounded_text = render_chat(messages, model=denoiser) if req.grounded is True else ""
-        mode, decide, call, reply = tool_prompts(
+        # grounded: true, a text or texts: a reply's free strings and the calls' string arguments
+        # are spans of them (true: of the conversation)
+        ground = grounded_text if req.grounded is True else (req.grounded or None)
+        plan = tool_prompts(
             messages,
             tools,
             tool_choice=req.tool_choice or "auto",
@@ -90,19 +100,27 @@ def chat_plan(req: ChatRequest, denoiser: Any, limits: Limits) -> ChatPlan:
             max_calls=MAX_PARALLEL_CALLS,
             max_tokens=min(n or 16, 64),
             reply_slot=answer_slot(req, limits, tokenizer, grounded_text, name="reply"),
+            grounded=ground,
             model=denoiser,
         )
     except DLMPromptError as exc:
         raise APIError(400, f"{type(exc).__name__}: {exc}", code="bad_tools" if req.tools else "bad_messages") from None
-    decide = None if decide is None else with_options(req, decide)
-    return ChatPlan(mode, decide, None if mode == "none" else with_options(req, call), with_options(req, reply))
+    opts = functools.partial(with_options, req)
+    plan = ToolPrompts(
+        plan.mode,
+        None if plan.decide is None else opts(plan.decide),
+        None if plan.pick is None else opts(plan.pick),
+        {k: opts(v) for k, v in plan.calls.items()},
+        opts(plan.reply),
+    )
+    return ChatPlan(plan.mode, plan.reply, plan)
 
 
 def chat_message(kind: str, result: Result, stop: list[str] | None = None) -> tuple[dict[str, Any], str]:
     """(the assistant message, the finish reason) of the final result; a text reply is cut before
     the first of ``stop``."""
     if kind == "call":
-        calls = [c.as_openai() for c in answer_of("required", None, result).calls]
+        calls = [c.as_openai() for c in answer_of(result).calls]
         return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
     text, cut = cut_at_stop(answer_text(result), stop or [])
     return {"role": "assistant", "content": text}, "stop" if cut else finish_reason(result)

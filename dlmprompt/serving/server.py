@@ -467,22 +467,21 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
         """Run the plan: the decision (if any), then the call or the reply, streamed or not."""
         check_unsupported(req)
         route = "/v1/chat/completions" if chat else "/v1/completions"
-        programs = {}
-        for key, prompt in (("call", plan.call), ("reply", plan.reply)):
-            if prompt is not None and (key == "reply" or plan.mode != "none"):
-                programs[key] = await server.compile(prompt)  # compile errors before anything runs
-        decision = None
-        if plan.decide is not None:
-            decision = await run_job(await server.compile(plan.decide), req, request)
-        kind, _ = plan.final(decision)
-        program = programs[kind]
+        compiled = {}
+        for prompt in plan.programs_to_check():  # compile errors before anything runs
+            compiled[id(prompt)] = await server.compile(prompt)
+        done: list[Result] = []  # the choices run so far (whether to call, which tool)
+        while (stage := plan.next(done))[0] == "choice":
+            done.append(await run_job(await server.compile(stage[1]), req, request))
+        kind, prompt = stage
+        program = compiled[id(prompt)]
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         model = req.model or server.model_name
         if not req.stream:
             result = await run_job(program, req, request)
             server.count(route, 200)
-            use = total_usage([decision, result])
+            use = total_usage([*done, result])
             if chat:
                 message, finish = chat_message(kind, result, stops(req))
                 return completion(ident, created, model, message, finish, use)
@@ -512,7 +511,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
 
             @staticmethod
             def final(result: Result) -> list[bytes]:
-                return [sse(c) for c in chunks.finish(kind, result, [decision, result])] + [b"data: [DONE]\n\n"]
+                return [sse(c) for c in chunks.finish(kind, result, [*done, result])] + [b"data: [DONE]\n\n"]
 
         resp = streamer(lambda cb: server.submit(program, req.seed, cb), Events)
         server.count(route, 200)
@@ -527,7 +526,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
     async def completions(req: CompletionRequest, request: Request) -> Any:
         check_unsupported(req)
         prompt = openai_prompt(req, req.prompt, req.suffix, server.limits, server.tokenizer)
-        return await openai_answer(req, request, ChatPlan("text", None, None, prompt), chat=False)
+        return await openai_answer(req, request, ChatPlan("text", prompt), chat=False)
 
     return app
 
