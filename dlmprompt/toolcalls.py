@@ -68,9 +68,16 @@ def normalize_tools(tools: Any) -> list[dict[str, Any]]:
             t = t["function"]
         if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t["name"]:
             raise SpecError(f"tool {i}: give {{'type': 'function', 'function': {{'name': ..., 'parameters': ...}}}}")
-        params = t.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(params, (dict, bool)):
+        params = t.get("parameters")
+        if params is None or params is True or params == {}:
+            params = {"type": "object", "properties": {}}
+        if not isinstance(params, dict):
             raise SpecError(f"tool {t['name']!r}: parameters must be a JSON Schema object")
+        kind = params.get("type", "object")
+        if kind != "object" and kind != ["object"]:
+            raise SpecError(f"tool {t['name']!r}: parameters must describe an object (named arguments); got {kind!r}")
+        if "type" not in params:  # arguments are an object, as every client reads them
+            params = {**params, "type": "object"}
         out.append({"name": t["name"], "description": str(t.get("description") or ""), "parameters": params})
     names = [t["name"] for t in out]
     if len(set(names)) != len(names):
@@ -100,12 +107,31 @@ def _choice(tool_choice: Any, tools: list[dict[str, Any]]) -> tuple[str, list[di
     if tool_choice in (None, "auto", "required", "none"):
         return tool_choice or "auto", tools
     if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name") if tool_choice.get("type") == "function" else None
+        fn = tool_choice.get("function")
+        name = fn.get("name") if tool_choice.get("type") == "function" and isinstance(fn, dict) else None
+        if name is None:
+            shape = "{'type': 'function', 'function': {'name': ...}}"
+            raise SpecError(f"tool_choice as an object is {shape}; got {tool_choice!r}")
         named = [t for t in tools if t["name"] == name]
         if named:
             return "required", named
         raise SpecError(f"tool_choice names {name!r}, which is not among the tools {[t['name'] for t in tools]}")
     raise SpecError(f"tool_choice is 'auto', 'required', 'none' or {{'type': 'function', ...}}; got {tool_choice!r}")
+
+
+def _history_call(i: int, call: Any) -> dict[str, Any]:
+    """``{"name", "arguments"}`` of an earlier call in message ``i`` (OpenAI's shape)."""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        shape = "{'id', 'type': 'function', 'function': {'name', 'arguments'}}"
+        raise SpecError(f"message {i}: each tool_calls entry is {shape}")
+    args = fn.get("arguments") or "{}"
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            raise SpecError(f"message {i}: the arguments of the call of {fn['name']!r} are not JSON") from None
+    return {"name": fn["name"], "arguments": args}
 
 
 def _text(content: Any) -> str:
@@ -132,14 +158,11 @@ def conversation(messages: Any, tools: list[dict[str, Any]], *, model: Any = Non
         f"</tool_call>.\n{listing}",
     }
     history = []
-    for m in messages:
+    for i, m in enumerate(messages):
         m = dict(m.model_dump() if hasattr(m, "model_dump") else m)
         calls = m.pop("tool_calls", None)
         if calls:
-            written = [
-                json.dumps({"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"] or "{}")})
-                for c in calls
-            ]
+            written = [json.dumps(_history_call(i, c)) for c in calls]
             m["content"] = _text(m.get("content")) + "".join(f"<tool_call>{w}</tool_call>" for w in written)
         m.pop("tool_call_id", None)
         m.pop("name", None)

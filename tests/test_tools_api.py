@@ -365,3 +365,60 @@ def test_grounded_tool_arguments_are_spans_of_the_conversation(client) -> None: 
         for key, value in args.items():
             if key != "unit":  # an enum: not a free string
                 assert value and value in question, (key, value)
+
+
+def test_review_edges_stop_on_constraints_split_stops_and_bad_shapes(client, model) -> None:  # type: ignore[no-untyped-def]
+    from dlmprompt.serving.chat import Chunks
+
+    # a stop sequence never cuts a constrained answer (it would no longer satisfy its constraint)
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+    }
+    rf = {"type": "json_schema", "json_schema": {"name": "ab", "schema": schema}}
+    r = client.chat.completions.create(model="m", messages=MESSAGES, response_format=rf, stop=[","], seed=0)
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    # a stop sequence split across two deltas is held back, not leaked
+    chunks = Chunks("x", 0, "m", stop=["END"])
+    sent = [chunks.text(t) for t in ("abcE", "NDxyz")]
+    assert [c["choices"][0]["delta"]["content"] for c in sent if c] == ["abc"] and chunks.stopped
+    chunks = Chunks("x", 0, "m", stop=["END"])
+    sent = [chunks.text("abcE"), chunks.text("Fgh", final=True)]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in sent if c) == "abcEFgh"
+    # stop="" is no stop
+    full = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=8, seed=1).choices[0].message
+    again = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=8, seed=1, stop="")
+    assert again.choices[0].message.content == full.content
+    # bad shapes are 400s that name the field
+    bad_history = [
+        *MESSAGES,
+        {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "add", "arguments": "{x"}}]},
+    ]
+    with pytest.raises(openai.BadRequestError, match="not JSON"):
+        client.chat.completions.create(model="m", messages=bad_history, tools=TOOLS)
+    with pytest.raises(openai.BadRequestError, match="tool_choice as an object"):
+        client.chat.completions.create(
+            model="m", messages=MESSAGES, tools=TOOLS, tool_choice={"type": "function", "function": "add"}
+        )
+    scalar = {"type": "function", "function": {"name": "s", "parameters": {"type": "string"}}}
+    with pytest.raises(openai.BadRequestError, match="must describe an object"):
+        client.chat.completions.create(model="m", messages=MESSAGES, tools=[scalar])
+    # a tool without parameters takes an object of no arguments
+    bare = {"type": "function", "function": {"name": "ping"}}
+    r = client.chat.completions.create(model="m", messages=MESSAGES, tools=[bare], tool_choice="required")
+    assert json.loads(r.choices[0].message.tool_calls[0].function.arguments) == {}
+
+
+def test_a_stream_left_early_stops_its_generation(model) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    backend = LocalChat(model)
+    for _ in backend.stream({"messages": MESSAGES, "max_tokens": 48, "seed": 0}):
+        break  # the generator closes: the worker sees it at its next step
+    workers = [t for t in threading.enumerate() if t.name == "dlmprompt-chat-stream"]
+    for t in workers:
+        t.join(120)
+    assert not any(t.is_alive() for t in workers)
+    assert backend.lock.acquire(timeout=120)  # the model is free again
+    backend.lock.release()

@@ -54,11 +54,32 @@ class ChatBackend:
     async def astream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         it = iter(self.stream(body))
         done = object()
-        while True:
-            item = await asyncio.to_thread(next, it, done)
-            if item is done:
-                return
-            yield item
+        try:
+            while True:
+                item = await asyncio.to_thread(next, it, done)
+                if item is done:
+                    return
+                yield item
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+
+
+_LOCKS: dict[int, tuple[Any, threading.Lock]] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(denoiser: Any) -> threading.Lock:
+    with _LOCKS_GUARD:
+        held = _LOCKS.get(id(denoiser))
+        if held is None or held[0] is not denoiser:
+            held = _LOCKS[id(denoiser)] = (denoiser, threading.Lock())
+        return held[1]
+
+
+class _Stopped(Exception):
+    """The reader of a stream went away: the generation stops at its next step."""
 
 
 class LocalChat(ChatBackend):
@@ -70,7 +91,7 @@ class LocalChat(ChatBackend):
         self.denoiser = denoiser
         self.model_name = model_name
         self.limits = Limits()
-        self.lock = threading.Lock()
+        self.lock = _lock_of(denoiser)  # one per model: adapters that share a model take turns
 
     def _plan(self, body: dict[str, Any]) -> Any:
         from pydantic import ValidationError
@@ -140,6 +161,7 @@ class LocalChat(ChatBackend):
         include = req.stream_options is not None and req.stream_options.include_usage
         chunks = Chunks(*self._head(req), include_usage=include, stop=stops(req))
         out: queue.Queue[Any] = queue.Queue()
+        gone = threading.Event()
 
         def work() -> None:
             try:
@@ -148,30 +170,37 @@ class LocalChat(ChatBackend):
                 program = programs[id(prompt)]
 
                 def on_step(step: Any) -> None:
+                    if gone.is_set():
+                        raise _Stopped
                     for c in chunks.step(program, step) if kind == "reply" else chunks.start():
                         out.put(c)
 
                 result = self._generate(program, req.seed, on_step)
                 for c in chunks.finish(kind, result, [*done, result]):
                     out.put(c)
+            except _Stopped:
+                pass
             except BaseException as exc:  # handed to the reader, raised there
                 out.put(exc)
             out.put(None)
 
         threading.Thread(target=work, name="dlmprompt-chat-stream", daemon=True).start()
-        while (item := out.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        try:
+            while (item := out.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            gone.set()  # a reader that stops early (break, cancel) frees the model at the next step
 
 
 class RemoteChat(ChatBackend):
     """A ``dlmprompt serve`` server: bodies go to its ``/v1/chat/completions``."""
 
-    def __init__(self, url: str, *, model_name: str | None = None, **client_options: Any) -> None:
+    def __init__(self, url: str, *, model_name: str | None = None, client: Any = None, **client_options: Any) -> None:
         from dlmprompt.serving.client import Client
 
-        self.client = Client(url, **client_options)
+        self.client = client if client is not None else Client(url, **client_options)
         self.url = url
         self.model_name = model_name or "dlmprompt-default"
 
@@ -191,7 +220,7 @@ def chat_backend(model: Any = None, **options: Any) -> ChatBackend:
     if isinstance(model, str) and model.startswith(("http://", "https://")):
         return RemoteChat(model, **options)
     if hasattr(model, "remote_generate") and hasattr(model, "client"):  # dlmprompt.remote(url)
-        return RemoteChat(model.client.url)
+        return RemoteChat(model.client.url, client=model.client)  # its API key and retries too
     if model is None and not options:
         return embedded_chat()
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):

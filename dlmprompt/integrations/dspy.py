@@ -161,9 +161,9 @@ def _tools(request: lm15.Request, body: dict[str, Any]) -> None:
 
 
 def openai_body(request: lm15.Request, *, value_tokens: int = VALUE_TOKENS) -> dict[str, Any]:
-    """The OpenAI chat body of a ``dspy.lm15.Request`` for the dlmprompt backend. Sampling knobs
-    the backend does not read (``top_p``, ``stop``, penalties) are passed on and ignored there, as
-    by ``dlmprompt serve``; any other setting it cannot honour is refused by the backend."""
+    """The OpenAI chat body of a ``dspy.lm15.Request`` for the dlmprompt backend. ``top_p`` is
+    passed on and ignored, ``stop`` cuts a free-text answer, penalties are accepted only at 0 and
+    ``logprobs`` is refused (as by ``dlmprompt serve``); ``top_k`` is not sent."""
     body: dict[str, Any] = {"messages": _messages(request)}
     config = request.config
     fmt = config.response_format
@@ -176,15 +176,15 @@ def openai_body(request: lm15.Request, *, value_tokens: int = VALUE_TOKENS) -> d
         body["response_format"] = {"type": "json_object"}
     if config.max_tokens is not None:
         body["max_tokens"] = config.max_tokens
-    if fmt is not None:
+    if fmt is not None or request.tools:  # JSON answers and tool arguments: a budget per value
         body["max_tokens"] = min(config.max_tokens or value_tokens, value_tokens)
-    for key in ("temperature", "seed", "top_p", "top_k", "frequency_penalty", "presence_penalty", "service_tier"):
+    for key in ("temperature", "seed", "top_p", "frequency_penalty", "presence_penalty", "service_tier"):
         if getattr(config, key) is not None:
             body[key] = getattr(config, key)
     if config.stop:
         body["stop"] = list(config.stop)
-    if config.logprobs is not None:
-        body["logprobs"] = True
+    if config.logprobs:
+        raise UnsupportedInput("dlmprompt does not report log-probabilities; drop logprobs=", feature="logprobs")
     if config.reasoning is not None:
         raise UnsupportedInput("dlmprompt models have no reasoning mode; drop reasoning=", feature="reasoning")
     if config.probabilities is not None:

@@ -13,7 +13,8 @@ schema, and every ``with_structured_output`` method (``json_schema``, ``function
 ``json_mode``) gives a value valid under the schema. ``json_mode`` constrains to the schema too
 (LangChain passes it; a bare JSON object would be weaker than what we can promise).
 
-``stop`` sequences cut the text after generation (a diffusion model fills its whole slot at once);
+``stop`` sequences cut a free-text answer after generation (a diffusion model fills its whole slot
+at once; a constrained answer is never cut);
 ``max_tokens`` is the text slot's length, or each free JSON value's budget (at most 64).
 Requires ``pip install "dlmprompt[langchain]"``.
 """
@@ -21,6 +22,7 @@ Requires ``pip install "dlmprompt[langchain]"``.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
@@ -61,14 +63,7 @@ def _usage(use: dict[str, int] | None) -> UsageMetadata | None:
     )
 
 
-def _cut(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
-    """The text up to the first stop sequence (and whether one was found)."""
-    cut = len(text)
-    for s in stop or ():
-        i = text.find(s) if s else -1
-        if 0 <= i < cut:
-            cut = i
-    return text[:cut], cut < len(text)
+_BACKEND_LOCK = threading.Lock()
 
 
 def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -115,6 +110,10 @@ class ChatDLMPrompt(BaseChatModel):
 
     @property
     def backend(self) -> ChatBackend:
+        with _BACKEND_LOCK:  # llm.batch on a checkpoint folder loads it once
+            return self._make_backend()
+
+    def _make_backend(self) -> ChatBackend:
         if self._backend is None:
             opts: dict[str, Any] = {}
             if isinstance(self.model, str) and self.model.startswith(("http://", "https://")):
@@ -156,6 +155,8 @@ class ChatDLMPrompt(BaseChatModel):
                 body[key] = value
         body.update({k: v for k, v in kwargs.items() if k in _BODY_KEYS and v is not None})
         body["model"] = kwargs.get("model") or self.model_name
+        if stop or self.stop:
+            body["stop"] = list(stop or self.stop or [])
         return body
 
     def _message(self, answer: dict[str, Any], stop: list[str] | None) -> AIMessage:
@@ -171,9 +172,7 @@ class ChatDLMPrompt(BaseChatModel):
                 response_metadata=meta,
                 id=answer.get("id"),
             )
-        text, cut = _cut(msg.get("content") or "", stop or self.stop)
-        if cut:
-            meta["finish_reason"] = "stop"
+        text = msg.get("content") or ""
         return AIMessage(
             content=text, usage_metadata=_usage(answer.get("usage")), response_metadata=meta, id=answer.get("id")
         )
@@ -204,9 +203,7 @@ class ChatDLMPrompt(BaseChatModel):
 
     # ------------------------------------------------------------------ streaming
     def _chunks(self, stop: list[str] | None) -> Callable[[dict[str, Any]], Iterator[ChatGenerationChunk]]:
-        """A converter of OpenAI chunks to LangChain's, cutting text at a stop sequence."""
-        stop = stop or self.stop
-        state = {"text": "", "done": False}
+        """A converter of OpenAI chunks to LangChain's."""
 
         def convert(item: dict[str, Any]) -> Iterator[ChatGenerationChunk]:
             if item.get("usage") and not item.get("choices"):
@@ -227,14 +224,6 @@ class ChatDLMPrompt(BaseChatModel):
                     for c in delta.get("tool_calls") or []
                 ]
                 text = delta.get("content") or ""
-                if text and not state["done"]:
-                    before = state["text"]
-                    kept, cut = _cut(before + text, stop)
-                    text = kept[len(before) :]
-                    state["text"] = kept
-                    state["done"] = cut
-                elif state["done"]:
-                    text = ""
                 meta = {"finish_reason": finish, "model_name": item.get("model", self.model_name)} if finish else {}
                 if text or calls or finish:
                     yield ChatGenerationChunk(

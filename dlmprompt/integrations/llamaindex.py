@@ -205,7 +205,7 @@ class DLMPromptLLM(LLM):
         fmt = body.get("response_format")
         if isinstance(fmt, type) or (fmt is not None and not isinstance(fmt, dict)):
             body["response_format"] = _schema_format(fmt)  # a pydantic class, a TypedDict, list[int], ...
-        if fmt is not None:
+        if fmt is not None or body.get("tools"):  # JSON answers and tool arguments: a budget per value
             body["max_tokens"] = min(options.get("max_tokens") or self.value_tokens, self.value_tokens)
         return body
 

@@ -169,9 +169,14 @@ class ChatTransport(httpx2.AsyncBaseTransport):
 
 
 async def _prepend(first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    yield first
-    async for item in rest:
-        yield item
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:  # a reader that leaves early stops the generation too
+        close = getattr(rest, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def local_client(backend: ChatBackend) -> AsyncOpenAI:

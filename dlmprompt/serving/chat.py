@@ -40,6 +40,7 @@ from dlmprompt.serving.protocol import (
     answer_text,
     cut_at_stop,
     finish_reason,
+    is_free_text,
     openai_prompt,
     usage,
     with_options,
@@ -92,6 +93,8 @@ def chat_plan(req: ChatRequest, denoiser: Any, limits: Limits) -> ChatPlan:
         # grounded: true, a text or texts: a reply's free strings and the calls' string arguments
         # are spans of them (true: of the conversation)
         ground = grounded_text if req.grounded is True else (req.grounded or None)
+        if req.prompt_spec is not None:
+            raise APIError(400, "give tools or dlmprompt_prompt, not both", code="bad_tools")
         plan = tool_prompts(
             messages,
             tools,
@@ -103,7 +106,7 @@ def chat_plan(req: ChatRequest, denoiser: Any, limits: Limits) -> ChatPlan:
             grounded=ground,
             model=denoiser,
         )
-    except DLMPromptError as exc:
+    except (DLMPromptError, ValueError, TypeError, KeyError) as exc:
         raise APIError(400, f"{type(exc).__name__}: {exc}", code="bad_tools" if req.tools else "bad_messages") from None
     opts = functools.partial(with_options, req)
     plan = ToolPrompts(
@@ -122,7 +125,7 @@ def chat_message(kind: str, result: Result, stop: list[str] | None = None) -> tu
     if kind == "call":
         calls = [c.as_openai() for c in answer_of(result).calls]
         return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
-    text, cut = cut_at_stop(answer_text(result), stop or [])
+    text, cut = cut_at_stop(answer_text(result), stop if stop and is_free_text(result.program) else [])
     return {"role": "assistant", "content": text}, "stop" if cut else finish_reason(result)
 
 
@@ -134,6 +137,17 @@ def total_usage(results: list[Result | None]) -> dict[str, int]:
             for k, v in usage(r).items():
                 out[k] += v
     return out
+
+
+def _partial_stop(text: str, stop: list[str]) -> int:
+    """The length of the longest end of ``text`` that begins some stop sequence."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
 
 
 def completion(ident: str, created: int, model: str, message: dict[str, Any], finish: str, use: dict) -> dict:
@@ -168,6 +182,7 @@ class Chunks:
         self.include_usage = include_usage
         self.stop = stop or []
         self.text_so_far = ""  # the text sent, to find a stop sequence across deltas
+        self.held = ""  # an end of the text that may begin a stop sequence: sent once it cannot
         self.stopped = False
         self.sent = 0  # canvas positions of the answer already sent
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -188,13 +203,15 @@ class Chunks:
         self.started = True
         return [self.chunk({"role": "assistant", "content": ""}, None)]
 
-    def text(self, text: str) -> dict[str, Any] | None:
+    def text(self, text: str, final: bool = False) -> dict[str, Any] | None:
         if self.stop:
             if self.stopped:
                 return None
-            kept, self.stopped = cut_at_stop(self.text_so_far + text, self.stop)
-            text = kept[len(self.text_so_far) :]
-            self.text_so_far = kept
+            kept, self.stopped = cut_at_stop(self.text_so_far + self.held + text, self.stop)
+            hold = 0 if (self.stopped or final) else _partial_stop(kept, self.stop)
+            text = kept[len(self.text_so_far) : len(kept) - hold]
+            self.text_so_far = kept[: len(kept) - hold]
+            self.held = kept[len(kept) - hold :]
             if not text:
                 return None
         return self.chunk({"content": text}, None, text) if self.chat else self.chunk(None, None, text)
@@ -211,6 +228,8 @@ class Chunks:
     def step(self, program: Program, step: Step) -> list[dict[str, Any]]:
         """The chunks a denoising step of a text answer releases."""
         out = self.start()
+        if self.stop and not is_free_text(program):
+            self.stop = []  # a constrained answer is never cut
         text = self._advance(program, step.canvas)
         if text and (c := self.text(text)) is not None:
             out.append(c)
@@ -228,8 +247,10 @@ class Chunks:
                 out.append(self.chunk({"tool_calls": [head]}, None))
                 out.append(self.chunk({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}, None))
         else:
+            if self.stop and not is_free_text(result.program):
+                self.stop = []
             text = self._advance(result.program, result.canvas) + self.decoder.decode(b"", final=True)
-            if text and (c := self.text(text)) is not None:
+            if (text or self.held) and (c := self.text(text, final=True)) is not None:
                 out.append(c)
             finish = "stop" if self.stopped else finish_reason(result)
         out.append(self.chunk({}, finish))

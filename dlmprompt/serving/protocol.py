@@ -291,7 +291,16 @@ def answer_text(result: Result) -> str:
 
 
 def stops(req: OpenAIRequest) -> list[str]:
-    return [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
+    return [s for s in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if s]
+
+
+def is_free_text(program: Program) -> bool:
+    """Whether the answer is free text: only then is it cut at a stop sequence (a cut regex,
+    choice, grammar or JSON answer would no longer satisfy its constraint)."""
+    from dlmprompt.spec import FreeText
+
+    top = [s for s in program.layout.slots if s.parent is None]
+    return not program.json_slots and all(isinstance(s.constraint, FreeText) for s in top)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

@@ -48,6 +48,7 @@ from dlmprompt.serving.protocol import (
     cut_at_stop,
     error_body,
     finish_reason,
+    is_free_text,
     openai_prompt,
     sse,
     stops,
@@ -485,7 +486,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             if chat:
                 message, finish = chat_message(kind, result, stops(req))
                 return completion(ident, created, model, message, finish, use)
-            text, cut = cut_at_stop(answer_text(result), stops(req))
+            text, cut = cut_at_stop(answer_text(result), stops(req) if is_free_text(program) else [])
             choice = {
                 "index": 0,
                 "text": text,
