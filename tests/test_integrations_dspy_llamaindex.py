@@ -377,3 +377,25 @@ def test_llamaindex_refuses_images_and_unknown_options(llm: Any) -> None:
     with pytest.raises(UnsupportedInput, match="does not take"):
         llm.complete("hi", logprobs=True)
     assert issubclass(UnsupportedInput, DLMPromptError)
+
+
+def test_llamaindex_stream_chat_carries_tool_calls(llm: Any) -> None:
+    import json
+
+    import jsonschema
+
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"enum": ["Lisbon", "Oslo"]}},
+                "required": ["city"],
+            },
+        },
+    }
+    chats = list(llm.stream_chat(_user("Weather in Oslo?"), tools=[tool], tool_choice="required"))
+    (call,) = chats[-1].message.additional_kwargs["tool_calls"]
+    assert call["function"]["name"] == "lookup" and call["id"].startswith("call_")
+    jsonschema.validate(json.loads(call["function"]["arguments"]), tool["function"]["parameters"])

@@ -141,6 +141,41 @@ def _content(answer: dict[str, Any]) -> str:
     return answer["choices"][0]["message"].get("content") or ""
 
 
+class _ChatStream:
+    """OpenAI chunks -> LlamaIndex chat responses: text as it grows, and tool calls (assembled from
+    their deltas) in ``additional_kwargs["tool_calls"]`` of the response sent when they finish."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.calls: dict[int, dict[str, Any]] = {}
+
+    def feed(self, chunk: dict[str, Any]) -> list[ChatResponse]:
+        out = []
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            for d in delta.get("tool_calls") or []:
+                call = self.calls.setdefault(
+                    d.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                call["id"] = d.get("id") or call["id"]
+                fn = d.get("function") or {}
+                call["function"]["name"] += fn.get("name") or ""
+                call["function"]["arguments"] += fn.get("arguments") or ""
+            text = delta.get("content") or ""
+            if text:
+                self.text += text
+                out.append(
+                    ChatResponse(
+                        message=ChatMessage(role=MessageRole.ASSISTANT, content=self.text), delta=text, raw=chunk
+                    )
+                )
+            if choice.get("finish_reason") == "tool_calls" and self.calls:
+                extra = {"tool_calls": [self.calls[i] for i in sorted(self.calls)]}
+                reply = ChatMessage(role=MessageRole.ASSISTANT, content=self.text, additional_kwargs=extra)
+                out.append(ChatResponse(message=reply, delta="", raw=chunk))
+        return out
+
+
 class DLMPromptLLM(LLM):
     """A LlamaIndex ``LLM`` on a dlmprompt model: ``model`` is anything
     :func:`~dlmprompt.integrations.core.chat_backend` takes (nothing for the embedded model, a model
@@ -230,14 +265,9 @@ class DLMPromptLLM(LLM):
         body = self._body(messages, kwargs)
 
         def gen() -> ChatResponseGen:
-            text = ""
+            acc = _ChatStream()
             for chunk in self._backend.stream(body):
-                for choice in chunk.get("choices") or []:
-                    delta = (choice.get("delta") or {}).get("content") or ""
-                    if delta:
-                        text += delta
-                        reply = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-                        yield ChatResponse(message=reply, delta=delta, raw=chunk)
+                yield from acc.feed(chunk)
 
         return gen()
 
@@ -270,14 +300,10 @@ class DLMPromptLLM(LLM):
         body = self._body(messages, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
-            text = ""
+            acc = _ChatStream()
             async for chunk in self._backend.astream(body):
-                for choice in chunk.get("choices") or []:
-                    delta = (choice.get("delta") or {}).get("content") or ""
-                    if delta:
-                        text += delta
-                        reply = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-                        yield ChatResponse(message=reply, delta=delta, raw=chunk)
+                for response in acc.feed(chunk):
+                    yield response
 
         return gen()
 
