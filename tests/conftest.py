@@ -46,6 +46,23 @@ def both_paths(request):  # type: ignore[no-untyped-def]
         os.environ["DLMPROMPT_SAMPLER"] = old
 
 
+@pytest.fixture(scope="session")
+def denoiser():  # type: ignore[no-untyped-def]
+    """The embedded model, loaded once for the suites that need it."""
+    import dlmprompt
+
+    return dlmprompt.load()
+
+
+@pytest.fixture(scope="session")
+def server(denoiser):  # type: ignore[no-untyped-def]
+    """One real server (uvicorn on a loopback port) over the embedded model, shared by the suites."""
+    from dlmprompt.serving.server import background
+
+    with background(denoiser) as srv:
+        yield srv
+
+
 def pytest_configure(config):  # type: ignore[no-untyped-def]
     # langchain-tests' standard suite carries a pytest-benchmark test; run it once, untimed (tests
     # never assert wall-clock times; timings live in benchmarks/)

@@ -131,3 +131,31 @@ def build_tiny_diffusion_gemma(path):
     model.save_pretrained(path)
     hf.save_pretrained(path)
     return path
+
+
+# two function tools the tool-call suites share
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer", "minimum": 10}},
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+}

@@ -19,14 +19,12 @@ import json
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-import dlmprompt
 from dlmprompt.errors import DLMPromptError
 from dlmprompt.serving.server import background
 
@@ -68,17 +66,6 @@ TINY_PNG = base64.b64encode(
 def _valid_person(obj: Any) -> None:
     assert isinstance(obj, Person)
     jsonschema.validate(obj.model_dump(mode="json"), PERSON_SCHEMA)
-
-
-@pytest.fixture(scope="module")
-def denoiser() -> Any:
-    return dlmprompt.load()
-
-
-@pytest.fixture(scope="module")
-def server(denoiser: Any) -> Iterator[background]:
-    with background(denoiser) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module", params=["in_process", "server"])

@@ -10,7 +10,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -24,7 +23,6 @@ from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.tools import ToolDefinition
 
-import dlmprompt
 from dlmprompt.integrations.pydantic_ai import DLMPromptModel, dlmprompt_profile
 from dlmprompt.serving.server import background
 
@@ -39,17 +37,6 @@ class Person(BaseModel):
 
 
 PERSON_SCHEMA = Person.model_json_schema()
-
-
-@pytest.fixture(scope="module")
-def denoiser() -> Any:
-    return dlmprompt.load()
-
-
-@pytest.fixture(scope="module")
-def server(denoiser: Any) -> Iterator[background]:
-    with background(denoiser) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module", params=["in_process", "server"])

@@ -11,6 +11,7 @@ import os
 import jsonschema
 import pytest
 import torch
+from helpers import ADD, WEATHER
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -19,29 +20,6 @@ from dlmprompt import CompileError, SpecError, compile, render_chat
 from dlmprompt.testing import RandomDenoiser
 from dlmprompt.toolcalls import call_schema, normalize_tools, tool_prompts
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 TOOLS = [WEATHER, ADD]
 MESSAGES = [{"role": "user", "content": "How warm is Lisbon, in celsius?"}]
 

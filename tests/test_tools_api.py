@@ -11,36 +11,11 @@ import json
 import jsonschema
 import openai
 import pytest
+from helpers import ADD, WEATHER
 
 import dlmprompt
 from dlmprompt.integrations.core import LocalChat, RemoteChat, chat_backend
-from dlmprompt.serving.server import background
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
-ADD = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer", "minimum": 10}},
-            "required": ["a", "b"],
-            "additionalProperties": False,
-        },
-    },
-}
 TOOLS = [WEATHER, ADD]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 MESSAGES = [{"role": "user", "content": "How warm is Lisbon, in celsius?"}]
@@ -58,14 +33,8 @@ HISTORY = [
 
 
 @pytest.fixture(scope="module")
-def model():  # type: ignore[no-untyped-def]
-    return dlmprompt.load()
-
-
-@pytest.fixture(scope="module")
-def server(model):  # type: ignore[no-untyped-def]
-    with background(model) as srv:
-        yield srv
+def model(denoiser):  # type: ignore[no-untyped-def]
+    return denoiser
 
 
 @pytest.fixture(scope="module")
