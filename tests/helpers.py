@@ -159,3 +159,20 @@ ADD = {
         },
     },
 }
+
+
+def bench_function_schemas(limit: int | None = None) -> list[dict]:
+    """The object schemas of JSONSchemaBench's function-calling sets (Glaive, BFCL) in
+    ../shared/data/jsonschemabench; empty where that folder is not here."""
+    import glob
+    import os
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "jsonschemabench")
+    paths = sorted(glob.glob(os.path.join(root, "Glaive*.json")) + glob.glob(os.path.join(root, "BFCL*.json")))
+    out = []
+    for path in paths[:limit]:
+        with open(path) as f:
+            schema = json.load(f)["schema"]
+        if isinstance(schema, dict) and schema.get("type") == "object":
+            out.append(schema)
+    return out

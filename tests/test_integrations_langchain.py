@@ -21,48 +21,36 @@ from dlmprompt.integrations.langchain import ChatDLMPrompt
 CONTENT = "checks what a tiny model says, not the structure of its answer"
 
 
-class TestChatDLMPromptUnit(ChatModelUnitTests):
+class _Capabilities:
+    """What ChatDLMPrompt supports, for both standard suites."""
+
     @property
     def chat_model_class(self) -> type[ChatDLMPrompt]:
         return ChatDLMPrompt
 
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+
+class TestChatDLMPromptUnit(_Capabilities, ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
         return {}
 
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
 
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-
-class TestChatDLMPromptIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[ChatDLMPrompt]:
-        return ChatDLMPrompt
-
+class TestChatDLMPromptIntegration(_Capabilities, ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict:
         return {"seed": 0}
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @pytest.mark.xfail(reason=CONTENT)
     def test_tool_calling(self, model) -> None:  # type: ignore[no-untyped-def]

@@ -4,14 +4,12 @@ schemas drawn by hypothesis included."""
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 
 import jsonschema
 import pytest
 import torch
-from helpers import ADD, WEATHER
+from helpers import ADD, WEATHER, bench_function_schemas
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -114,20 +112,7 @@ def test_bad_tool_requests_say_what_to_change() -> None:
         tool_prompts(MESSAGES, TOOLS, tool_choice="sometimes")
 
 
-def _bench_schemas() -> list[dict]:
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "jsonschemabench")
-    out = []
-    for path in sorted(glob.glob(os.path.join(root, "Glaive*.json")) + glob.glob(os.path.join(root, "BFCL*.json")))[
-        :400
-    ]:
-        with open(path) as f:
-            schema = json.load(f)["schema"]
-        if isinstance(schema, dict) and schema.get("type") == "object":
-            out.append(schema)
-    return out
-
-
-BENCH = _bench_schemas()
+BENCH = bench_function_schemas(400)
 
 
 @pytest.mark.skipif(not BENCH, reason="../shared/data/jsonschemabench is not here")

@@ -11,7 +11,7 @@ import json
 import jsonschema
 import openai
 import pytest
-from helpers import ADD, WEATHER
+from helpers import ADD, WEATHER, bench_function_schemas
 
 import dlmprompt
 from dlmprompt.integrations.core import LocalChat, RemoteChat, chat_backend
@@ -254,21 +254,7 @@ def test_stop_cuts_text_answers_and_no_op_fields_are_checked(client) -> None:  #
         client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=4, logit_bias={"5": 10})
 
 
-def _bench_function_schemas() -> list[dict]:
-    import glob
-    import os
-
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "jsonschemabench")
-    out = []
-    for path in sorted(glob.glob(os.path.join(root, "Glaive*.json")) + glob.glob(os.path.join(root, "BFCL*.json"))):
-        with open(path) as f:
-            schema = json.load(f)["schema"]
-        if isinstance(schema, dict) and schema.get("type") == "object":
-            out.append(schema)
-    return out
-
-
-BENCH = _bench_function_schemas()
+BENCH = bench_function_schemas()
 
 
 @pytest.mark.skipif(not BENCH, reason="../shared/data/jsonschemabench is not here")
