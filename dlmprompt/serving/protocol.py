@@ -63,7 +63,7 @@ class GenerateRequest(_Req):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[dict[str, Any]], None] = None
 
 
@@ -102,9 +102,10 @@ class StreamOptions(BaseModel):
 
 
 class OpenAIRequest(BaseModel):
-    # OpenAI clients send many optional fields (n, top_p, stop, user, ...); unknown ones are
-    # accepted and ignored only when they do not change the result (see check_unsupported)
-    model_config = ConfigDict(extra="allow")
+    # OpenAI clients send many optional fields; those below that do not change the result are
+    # accepted and ignored, penalties and logit_bias only at their no-op values, and any other
+    # field is a 400 naming it (check_unsupported; the OpenAPI schema lists only the known fields)
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
     model: str | None = None
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
@@ -122,6 +123,19 @@ class OpenAIRequest(BaseModel):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
+    # hints that do not change an answer: accepted and ignored
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    user: str | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    safety_identifier: str | None = None
+    # fields that would change an answer: accepted only at their no-op values
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
     # dlmprompt extras (openai clients pass them with extra_body=...)
     regex: str | None = None
     choice: list[str] | None = None
@@ -159,20 +173,13 @@ class CompletionRequest(OpenAIRequest):
     suffix: str | None = None
 
 
-# hints that do not change an answer: accepted and ignored
-_IGNORED_OK = {
-    "top_p", "user", "store", "metadata", "service_tier", "prompt_cache_key", "prompt_cache_retention",
-    "safety_identifier",
-}  # fmt: skip
-# fields that would change an answer: accepted only at their no-op value
-_NO_OP = {"frequency_penalty": (0, 0.0, None), "presence_penalty": (0, 0.0, None), "logit_bias": ({}, None)}
-
-
 def check_unsupported(req: BaseModel) -> None:
-    given = req.model_extra or {}
-    extra = sorted(k for k in given if k not in _IGNORED_OK and not (k in _NO_OP and given[k] in _NO_OP[k]))
-    if extra:
-        raise APIError(400, f"unsupported field(s) {extra}", code="unsupported_field")
+    bad = sorted(req.model_extra or {})
+    for key in ("frequency_penalty", "presence_penalty", "logit_bias"):
+        if getattr(req, key, None):  # 0, {} and None change nothing
+            bad.append(key)
+    if bad:
+        raise APIError(400, f"unsupported field(s) {bad}", code="unsupported_field")
 
 
 def sse(data: Any, event: str | None = None) -> bytes:

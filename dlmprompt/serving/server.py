@@ -117,7 +117,8 @@ class Server:
         from dlmprompt.prompt_template import load_template, template
 
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or ".." in name:
-            raise APIError(400, f"template {name[:40]!r}: a template name is letters, digits, '_', '-' and '.'")
+            message = f"template {name[:40]!r}: a template name is letters, digits, '_', '-' and '.'"
+            raise APIError(400, message, code="bad_template_name")
         try:
             if self.templates_dir is not None and (Path(self.templates_dir) / f"{name}.jinja").is_file():
                 return load_template(name, folder=self.templates_dir)
@@ -137,10 +138,11 @@ class Server:
         """The request's prompt: given, or rendered from its template (in a worker thread)."""
         given = [k for k in ("prompt", "template", "template_source") if getattr(req, k) is not None]
         if len(given) != 1:
-            raise APIError(400, f"give one of prompt, template or template_source; got {given or 'none'}")
+            message = f"give one of prompt, template or template_source; got {given or 'none'}"
+            raise APIError(400, message, code="bad_prompt")
         if req.prompt is not None:
             if req.variables:
-                raise APIError(400, "variables go with a template, not with a prompt")
+                raise APIError(400, "variables go with a template, not with a prompt", code="bad_prompt")
             return req.prompt
         if req.template_source is not None and not self.allow_template_source:
             raise APIError(
