@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -50,7 +51,7 @@ TOOLS = [
 
 
 class Report(BaseModel):
-    city: str = Field(max_length=20)
+    city: Literal["Lisbon", "Oslo", "Lima"]
     temperature_c: int = Field(ge=-60, le=60)
     warm: bool
 
@@ -74,15 +75,9 @@ def agent(backend, question: str, max_turns: int = 3) -> Report:  # type: ignore
             result = run_tool(name, args)
             print(f"turn {turn}: {name}({json.dumps(args)}) -> {result}")
             messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
-    # the report's free strings are whole-word spans of the question and the tools' results
-    # (diffusion-native grounding: the model copies, it cannot misspell)
-    sources = [question] + [m["content"] for m in messages if m["role"] == "tool"]
-    grounded = {"sources": sources, "whole_words": True}
     schema = Report.model_json_schema()
     rf = {"type": "json_schema", "json_schema": {"name": "Report", "schema": schema, "strict": True}}
-    final = backend.complete(
-        {"messages": messages, "tools": TOOLS, "tool_choice": "none", "response_format": rf, "grounded": grounded}
-    )
+    final = backend.complete({"messages": messages, "tools": TOOLS, "tool_choice": "none", "response_format": rf})
     return Report.model_validate_json(final["choices"][0]["message"]["content"])
 
 

@@ -158,7 +158,7 @@ def test_agent_tools_example_runs_with_valid_calls_and_report(flags) -> None:  #
         assert json.loads(rest.rsplit(") -> ", 1)[0])["city"] in ("Lisbon", "Oslo", "Lima")
     report = json.loads(lines[-1])
     assert set(report) == {"city", "temperature_c", "warm"} and -60 <= report["temperature_c"] <= 60
-    assert isinstance(report["warm"], bool) and len(report["city"]) <= 20
+    assert isinstance(report["warm"], bool) and report["city"] in ("Lisbon", "Oslo", "Lima")
 
 
 @pytest.mark.parametrize("name", ["dspy_typed.py", "llamaindex_structured.py"])
