@@ -59,3 +59,31 @@ def test_a_body_that_is_not_utf8_or_not_json(client) -> None:  # type: ignore[no
     resp = client.get("/no/such/route")
     _refused(resp, 404, "Not Found")
     assert client.get("/health").json()["status"] == "ok"
+
+
+LOOP = {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/a"}}}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"grammar": 'start: start "a" | "b"'},  # left recursion: Earley takes it
+        {"grammar": 'start: x | y\nx: "a"\ny: "a"'},  # ambiguous
+        {"regex": "(a|a)*b"},  # an exponential backtracker's blow-up; one DFA here
+        {"regex": "(x+x+)+y"},
+        {"choice": [f"option{i}" for i in range(100_000)]},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "loop", "schema": LOOP}}},
+        {"prompt": "mask <|mask|> and pad <|pad|> in an anchor", "regex": "[a-z]{3}"},
+    ],
+    ids=["left-recursion", "ambiguous", "(a|a)*", "(x+x+)+", "choice-100k", "ref-loop", "special-tokens"],
+)
+def test_pathological_constraints_answer_or_refuse_cleanly(client, extra) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": "x", "prompt": "a", "max_tokens": 8, **extra}
+    resp = client.post("/v1/completions", json=body)
+    assert resp.status_code in (200, 400, 413), resp.text[:300]
+    if resp.status_code in (400, 413):
+        err = resp.json()["error"]
+        assert set(err) == {"message", "type", "code"} and isinstance(err["code"], str) and err["message"], err
+    else:
+        assert isinstance(resp.json()["choices"][0]["text"], str)
+    assert client.get("/health").json()["status"] == "ok"
