@@ -142,24 +142,24 @@ class LocalChat(ChatBackend):
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         from dlmprompt.serving.chat import chat_message, completion, total_usage
-        from dlmprompt.serving.protocol import stops
+        from dlmprompt.serving.protocol import stops_for
 
         req, plan = self._plan(body)
         programs = self._compiled(plan)
         done = self._choices(plan, req.seed)
         kind, prompt = plan.next(done)
-        result = self._generate(programs[id(prompt)], req.seed)
-        message, finish = chat_message(kind, result, stops(req))
+        program = programs[id(prompt)]
+        result = self._generate(program, req.seed)
+        message, finish = chat_message(kind, result, stops_for(req, program))
         return completion(*self._head(req), message, finish, total_usage([*done, result]))
 
     def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from dlmprompt.serving.chat import Chunks
-        from dlmprompt.serving.protocol import stops
+        from dlmprompt.serving.protocol import stops_for
 
         req, plan = self._plan(body)
         programs = self._compiled(plan)
         include = req.stream_options is not None and req.stream_options.include_usage
-        chunks = Chunks(*self._head(req), include_usage=include, stop=stops(req))
         out: queue.Queue[Any] = queue.Queue()
         gone = threading.Event()
 
@@ -168,6 +168,7 @@ class LocalChat(ChatBackend):
                 done = self._choices(plan, req.seed)
                 kind, prompt = plan.next(done)
                 program = programs[id(prompt)]
+                chunks = Chunks(*self._head(req), include_usage=include, stop=stops_for(req, program))
 
                 def on_step(step: Any) -> None:
                     if gone.is_set():

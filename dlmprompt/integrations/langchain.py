@@ -159,7 +159,7 @@ class ChatDLMPrompt(BaseChatModel):
             body["stop"] = list(stop or self.stop or [])
         return body
 
-    def _message(self, answer: dict[str, Any], stop: list[str] | None) -> AIMessage:
+    def _message(self, answer: dict[str, Any]) -> AIMessage:
         choice = answer["choices"][0]
         msg, finish = choice["message"], choice["finish_reason"]
         meta = {"model_name": answer.get("model", self.model_name), "finish_reason": finish}
@@ -189,7 +189,7 @@ class ChatDLMPrompt(BaseChatModel):
 
             return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         answer = self.backend.complete(self._body(messages, stop, kwargs))
-        return ChatResult(generations=[ChatGeneration(message=self._message(answer, stop))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(answer))])
 
     async def _agenerate(
         self,
@@ -199,38 +199,34 @@ class ChatDLMPrompt(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         answer = await self.backend.acomplete(self._body(messages, stop, kwargs))
-        return ChatResult(generations=[ChatGeneration(message=self._message(answer, stop))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(answer))])
 
     # ------------------------------------------------------------------ streaming
-    def _chunks(self, stop: list[str] | None) -> Callable[[dict[str, Any]], Iterator[ChatGenerationChunk]]:
-        """A converter of OpenAI chunks to LangChain's."""
-
-        def convert(item: dict[str, Any]) -> Iterator[ChatGenerationChunk]:
-            if item.get("usage") and not item.get("choices"):
-                meta = {"model_name": item.get("model", self.model_name)}
+    def _to_chunks(self, item: dict[str, Any]) -> Iterator[ChatGenerationChunk]:
+        """LangChain's chunks of one OpenAI chunk."""
+        if item.get("usage") and not item.get("choices"):
+            meta = {"model_name": item.get("model", self.model_name)}
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content="", usage_metadata=_usage(item["usage"]), response_metadata=meta)
+            )
+            return
+        for ch in item.get("choices", []):
+            delta, finish = ch.get("delta") or {}, ch.get("finish_reason")
+            calls = [
+                {
+                    "name": (c.get("function") or {}).get("name"),
+                    "args": (c.get("function") or {}).get("arguments"),
+                    "id": c.get("id"),
+                    "index": c.get("index"),
+                }
+                for c in delta.get("tool_calls") or []
+            ]
+            text = delta.get("content") or ""
+            meta = {"finish_reason": finish, "model_name": item.get("model", self.model_name)} if finish else {}
+            if text or calls or finish:
                 yield ChatGenerationChunk(
-                    message=AIMessageChunk(content="", usage_metadata=_usage(item["usage"]), response_metadata=meta)
+                    message=AIMessageChunk(content=text, tool_call_chunks=calls, response_metadata=meta)
                 )
-                return
-            for ch in item.get("choices", []):
-                delta, finish = ch.get("delta") or {}, ch.get("finish_reason")
-                calls = [
-                    {
-                        "name": (c.get("function") or {}).get("name"),
-                        "args": (c.get("function") or {}).get("arguments"),
-                        "id": c.get("id"),
-                        "index": c.get("index"),
-                    }
-                    for c in delta.get("tool_calls") or []
-                ]
-                text = delta.get("content") or ""
-                meta = {"finish_reason": finish, "model_name": item.get("model", self.model_name)} if finish else {}
-                if text or calls or finish:
-                    yield ChatGenerationChunk(
-                        message=AIMessageChunk(content=text, tool_call_chunks=calls, response_metadata=meta)
-                    )
-
-        return convert
 
     def _stream(
         self,
@@ -241,9 +237,8 @@ class ChatDLMPrompt(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         body = self._body(messages, stop, kwargs)
         body["stream_options"] = {"include_usage": True}
-        convert = self._chunks(stop)
         for item in self.backend.stream(body):
-            for chunk in convert(item):
+            for chunk in self._to_chunks(item):
                 if run_manager and chunk.text:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
@@ -258,9 +253,8 @@ class ChatDLMPrompt(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         body = self._body(messages, stop, kwargs)
         body["stream_options"] = {"include_usage": True}
-        convert = self._chunks(stop)
         async for item in self.backend.astream(body):
-            for chunk in convert(item):
+            for chunk in self._to_chunks(item):
                 if run_manager and chunk.text:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk

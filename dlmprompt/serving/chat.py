@@ -12,10 +12,10 @@ probabilities, restricted to those two, decide. A call of one of several tools t
 over their names, and the call is written under the chosen tool's schema (``{"name",
 "arguments"}``), so every call names one of the tools and its arguments are valid under that
 tool's ``parameters``. ``"required"`` runs the name choice alone; a named tool runs its call
-directly. ``parallel_tool_calls: true``
-writes an array (up to ``MAX_PARALLEL_CALLS``) under ``anyOf`` of every tool. ``"none"`` writes a
-text reply. A text reply keeps the request's ``response_format`` (or other constraint);
-``grounded`` grounds the reply's and the calls' free strings.
+directly. ``parallel_tool_calls: true`` writes an array (up to ``MAX_PARALLEL_CALLS``) under
+``anyOf`` of every tool. ``"none"`` writes a text reply. A text reply keeps the request's
+``response_format`` (or other constraint); ``grounded`` grounds the reply's and the calls' free
+strings.
 
 ``parallel_tool_calls`` absent means one call per turn: a diffusion model fills a fixed canvas,
 and an array of calls costs canvas for every call it might hold.
@@ -40,7 +40,6 @@ from dlmprompt.serving.protocol import (
     answer_text,
     cut_at_stop,
     finish_reason,
-    is_free_text,
     openai_prompt,
     usage,
     with_options,
@@ -54,10 +53,9 @@ MAX_PARALLEL_CALLS = 4
 
 @dataclass(frozen=True)
 class ChatPlan:
-    """What to run for one chat request. ``mode``: ``"text"`` (no tools) or the tool choice
-    (``"auto"``, ``"required"``, ``"none"``); ``tools``: the prompts of a turn with tools."""
+    """What to run for one chat request: the reply prompt alone (no tools), or the prompts of a
+    turn with tools."""
 
-    mode: str
     reply: Prompt
     tools: ToolPrompts | None = None
 
@@ -68,7 +66,7 @@ class ChatPlan:
 
     def programs_to_check(self) -> list[Prompt]:
         """Every prompt the answer may run, to compile (and refuse) before anything runs."""
-        if self.tools is None or self.mode == "none":
+        if self.tools is None or self.tools.mode == "none":
             return [self.reply]
         return [self.reply, *self.tools.calls.values()]
 
@@ -86,7 +84,7 @@ def chat_plan(req: ChatRequest, denoiser: Any, limits: Limits) -> ChatPlan:
             if req.tool_choice not in (None, "none"):
                 raise APIError(400, "tool_choice needs tools", code="bad_tools")
             text = render_chat(messages, model=denoiser)
-            return ChatPlan("text", openai_prompt(req, text, None, limits, tokenizer))
+            return ChatPlan(openai_prompt(req, text, None, limits, tokenizer))
         tools = [t.model_dump(exclude_none=True) for t in req.tools]
         n = req.max_completion_tokens or req.max_tokens
         grounded_text = render_chat(messages, model=denoiser) if req.grounded is True else ""
@@ -116,26 +114,25 @@ def chat_plan(req: ChatRequest, denoiser: Any, limits: Limits) -> ChatPlan:
         {k: opts(v) for k, v in plan.calls.items()},
         opts(plan.reply),
     )
-    return ChatPlan(plan.mode, plan.reply, plan)
+    return ChatPlan(plan.reply, plan)
 
 
 def chat_message(kind: str, result: Result, stop: list[str] | None = None) -> tuple[dict[str, Any], str]:
     """(the assistant message, the finish reason) of the final result; a text reply is cut before
-    the first of ``stop``."""
+    the first of ``stop`` (:func:`~dlmprompt.serving.protocol.stops_for`)."""
     if kind == "call":
         calls = [c.as_openai() for c in answer_of(result).calls]
         return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
-    text, cut = cut_at_stop(answer_text(result), stop if stop and is_free_text(result.program) else [])
+    text, cut = cut_at_stop(answer_text(result), stop or [])
     return {"role": "assistant", "content": text}, "stop" if cut else finish_reason(result)
 
 
-def total_usage(results: list[Result | None]) -> dict[str, int]:
-    """Usage over every generation of the answer (the decision reads the conversation too)."""
+def total_usage(results: list[Result]) -> dict[str, int]:
+    """Usage over every generation of the answer (the choices read the conversation too)."""
     out = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     for r in results:
-        if r is not None:
-            for k, v in usage(r).items():
-                out[k] += v
+        for k, v in usage(r).items():
+            out[k] += v
     return out
 
 
@@ -166,6 +163,7 @@ class Chunks:
 
     A text answer streams as deltas of its settled left-to-right prefix while it is denoised; a
     tool call is sent once complete (its id and name, then its arguments), as OpenAI sends them.
+    ``stop``: what :func:`~dlmprompt.serving.protocol.stops_for` gives for the answer's program.
     """
 
     def __init__(
@@ -214,7 +212,7 @@ class Chunks:
             self.held = kept[len(kept) - hold :]
             if not text:
                 return None
-        return self.chunk({"content": text}, None, text) if self.chat else self.chunk(None, None, text)
+        return self.chunk({"content": text}, None, text)
 
     def _advance(self, program: Program, canvas: Any) -> str:
         first, last = answer_span(program)
@@ -228,14 +226,12 @@ class Chunks:
     def step(self, program: Program, step: Step) -> list[dict[str, Any]]:
         """The chunks a denoising step of a text answer releases."""
         out = self.start()
-        if self.stop and not is_free_text(program):
-            self.stop = []  # a constrained answer is never cut
         text = self._advance(program, step.canvas)
         if text and (c := self.text(text)) is not None:
             out.append(c)
         return out
 
-    def finish(self, kind: str, result: Result, results: list[Result | None]) -> list[dict[str, Any]]:
+    def finish(self, kind: str, result: Result, results: list[Result]) -> list[dict[str, Any]]:
         """The last chunks: the rest of the text (or the tool calls), the finish reason, usage."""
         out = self.start()
         if kind == "call":
@@ -247,8 +243,6 @@ class Chunks:
                 out.append(self.chunk({"tool_calls": [head]}, None))
                 out.append(self.chunk({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}, None))
         else:
-            if self.stop and not is_free_text(result.program):
-                self.stop = []
             text = self._advance(result.program, result.canvas) + self.decoder.decode(b"", final=True)
             if (text or self.held) and (c := self.text(text, final=True)) is not None:
                 out.append(c)

@@ -297,17 +297,16 @@ def answer_text(result: Result) -> str:
     return prog.tokenizer.decode_bytes(ids).decode("utf-8", errors="replace")
 
 
-def stops(req: OpenAIRequest) -> list[str]:
-    return [s for s in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if s]
-
-
-def is_free_text(program: Program) -> bool:
-    """Whether the answer is free text: only then is it cut at a stop sequence (a cut regex,
-    choice, grammar or JSON answer would no longer satisfy its constraint)."""
+def stops_for(req: OpenAIRequest, program: Program) -> list[str]:
+    """The request's stop sequences that apply to the answer ``program`` writes: all of them for
+    free text, none for a constrained answer (cut, a regex, choice, grammar or JSON answer would
+    no longer satisfy its constraint)."""
     from dlmprompt.spec import FreeText
 
     top = [s for s in program.layout.slots if s.parent is None]
-    return not program.json_slots and all(isinstance(s.constraint, FreeText) for s in top)
+    if program.json_slots or not all(isinstance(s.constraint, FreeText) for s in top):
+        return []
+    return [s for s in ([req.stop] if isinstance(req.stop, str) else req.stop or []) if s]
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

@@ -48,10 +48,9 @@ from dlmprompt.serving.protocol import (
     cut_at_stop,
     error_body,
     finish_reason,
-    is_free_text,
     openai_prompt,
     sse,
-    stops,
+    stops_for,
 )
 from dlmprompt.spec import Json, Prompt
 
@@ -467,8 +466,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
         return await wait(server.submit(program, req.seed), request)
 
     async def openai_answer(req: OpenAIRequest, request: Request, plan: ChatPlan, chat: bool) -> Any:
-        """Run the plan: the decision (if any), then the call or the reply, streamed or not."""
-        check_unsupported(req)
+        """Run the plan: the choices (if any), then the call or the reply, streamed or not."""
         route = "/v1/chat/completions" if chat else "/v1/completions"
         compiled = {}
         for prompt in plan.programs_to_check():  # compile errors before anything runs
@@ -486,9 +484,9 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             server.count(route, 200)
             use = total_usage([*done, result])
             if chat:
-                message, finish = chat_message(kind, result, stops(req))
+                message, finish = chat_message(kind, result, stops_for(req, program))
                 return completion(ident, created, model, message, finish, use)
-            text, cut = cut_at_stop(answer_text(result), stops(req) if is_free_text(program) else [])
+            text, cut = cut_at_stop(answer_text(result), stops_for(req, program))
             choice = {
                 "index": 0,
                 "text": text,
@@ -505,7 +503,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
             }
 
         include = req.stream_options is not None and req.stream_options.include_usage
-        chunks = Chunks(ident, created, model, chat=chat, include_usage=include, stop=stops(req))
+        chunks = Chunks(ident, created, model, chat=chat, include_usage=include, stop=stops_for(req, program))
 
         class Events:
             @staticmethod
@@ -529,7 +527,7 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
     async def completions(req: CompletionRequest, request: Request) -> Any:
         check_unsupported(req)
         prompt = openai_prompt(req, req.prompt, req.suffix, server.limits, server.tokenizer)
-        return await openai_answer(req, request, ChatPlan("text", prompt), chat=False)
+        return await openai_answer(req, request, ChatPlan(prompt), chat=False)
 
     return app
 
