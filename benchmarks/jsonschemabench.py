@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ll_times: list[float] = []
     problems: list[str] = []
     signal.signal(signal.SIGALRM, _alarm)
+    per_file = open(args.per_file, "w") if args.per_file else None  # noqa: SIM115 (closed below)
     t_start = time.perf_counter()
     for i, path in enumerate(files):
         if i % 100 == 0:
@@ -117,22 +118,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # ---- ours: compile
         signal.alarm(args.timeout)
         t = time.perf_counter()
+        refused = None
         try:
             program = compile(Prompt(slot("value", schema=schema, max_tokens=args.value_tokens)), tok)
         except CompileError as exc:
             signal.alarm(0)
-            refusals[_reason(str(exc))] += 1
-            program = None
+            refused, full_reason = _reason(str(exc)), str(exc)
         except _Timeout:
-            refusals[f"compile took over {args.timeout} s"] += 1
-            program = None
+            refused = full_reason = f"compile took over {args.timeout} s"
         except RecursionError:
             signal.alarm(0)
-            refusals["schema nested too deeply"] += 1
-            program = None
+            refused = full_reason = "schema nested too deeply"
         signal.alarm(0)
+        ms = (time.perf_counter() - t) * 1e3
+        record: dict[str, Any] = {"file": os.path.basename(path), "ms": round(ms, 2)}
+        if refused is not None:
+            refusals[refused] += 1
+            record["refused"] = full_reason[:300]
+            program = None
         if program is not None:
-            times.append((time.perf_counter() - t) * 1e3)
+            times.append(ms)
+            record["misses"] = []
             ours["compiled"] += 1
             row["compiled"] += 1
             for test in tests:
@@ -154,12 +160,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row[f"{key}_{'accepted' if test['valid'] else 'rejected'}"] += good
                 if not good and not test["valid"]:
                     problems.append(f"{os.path.basename(path)}: INVALID instance accepted")
+                if not good:
+                    record["misses"].append(key)
             if len(program.layout) <= args.max_canvas and (ours["compiled"] - 1) % args.generate_every == 0:
                 _generate(den, program, schema, ours, row, problems, path, args)
+        if per_file is not None:
+            per_file.write(json.dumps(record) + "\n")
+            per_file.flush()
         # ---- llguidance: compile + acceptance
         if ll is not None:
             _llguidance_case(ll, schema, tests, ref, ll_refusals, ll_times)
     total = time.perf_counter() - t_start
+    if per_file is not None:
+        per_file.close()
     out = _summary(ours, times)
     out["tokenizer"] = args.tokenizer
     out["vocab"] = tok.vocab_size
@@ -311,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--value-tokens", type=int, default=12, help="token budget of each value")
     ap.add_argument("--tokens-per-step", type=int, default=256, help="positions committed per generation step")
     ap.add_argument("--max-canvas", type=int, default=2048, help="skip generation above this canvas length")
+    ap.add_argument("--per-file", help="write one JSON line per schema here (compile ms, refusal, missed instances)")
     ap.add_argument("--no-llguidance", action="store_true", help="skip the reference")
     ap.add_argument(
         "--generate-every",

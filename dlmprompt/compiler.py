@@ -21,7 +21,7 @@ from dlmprompt.constraints.automaton import (
     regex_automaton,
     unconstrained_automaton,
 )
-from dlmprompt.errors import CompileError, SpecError
+from dlmprompt.errors import CompileError, SchemaError, SpecError
 from dlmprompt.spec import AnchorRef, Choice, FreeText, Grammar, Grounded, Json, Prompt, Regex, Sampling, Slot, Text
 from dlmprompt.tokenizer import Tokenizer, as_tokenizer
 
@@ -289,7 +289,7 @@ def _lay_out_json(
     anchors: dict[str, str],
 ) -> list[str]:
     """Append a JSON slot's template: anchors as fixed tokens, each hole as an "at most" span."""
-    from dlmprompt.constraints.jsonschema import SchemaError, compile_schema, non_finite
+    from dlmprompt.constraints.jsonschema import compile_schema, non_finite
 
     c = part.constraint
     if tok.pad_id is None:
@@ -409,11 +409,16 @@ def _add_span(
 
 def _json_grammar(c: Json, tok: Tokenizer) -> Any:
     """llguidance's compact-JSON grammar for a JSON constraint, or the reason it cannot serve."""
+    from dlmprompt.constraints.jsonschema.logic import positive
     from dlmprompt.constraints.jsonschema.span import closed_objects, compile_json_grammar, ref_overrides_siblings
 
     if c.indent is not None:
         return "indented layouts are templates only"
     schema: Any = ref_overrides_siblings(c.json_schema)
+    try:  # llguidance takes neither not, if / then / else, dependencies nor oneOf
+        schema = positive(schema)
+    except SchemaError as exc:
+        return str(exc)
     if c.additional_properties is False:
         schema = closed_objects(schema)
         if schema is None:

@@ -294,21 +294,87 @@ def escape_literal(text: str) -> str:
 
 
 class _Vocab:
-    """The tokenizer's byte strings grouped by length (``ids``, ``bytes [n, length]``), built once.
+    """The tokenizer's byte strings as a trie, level by level, built once per tokenizer.
 
-    Special tokens (no bytes) are never part of a text automaton."""
+    Level ``d`` lists the nodes of depth ``d`` in lexicographic order: ``byte[d][i]`` is the last
+    byte of node ``i``, the children of node ``j`` of level ``d - 1`` are
+    ``child_start[d - 1][j] : child_start[d - 1][j + 1]`` of level ``d``, and ``token[d][i]`` is
+    the token that spells node ``i`` (-1: none). Special tokens (no bytes) are never part of a
+    text automaton; tokens with the same bytes as another are listed in ``duplicates``."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         tb = [b or b"" for b in tokenizer.token_bytes]
         self.size = len(tb)
         lens = np.fromiter((len(b) for b in tb), dtype=np.int64, count=len(tb))
-        self.groups: list[tuple[np.ndarray, np.ndarray]] = []
+        self.groups: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, bytes [n, length]) per length
         for n in np.unique(lens):
-            if n == 0:
+            if n:
+                ids = np.nonzero(lens == n)[0]
+                mat = np.frombuffer(b"".join(tb[i] for i in ids), dtype=np.uint8).reshape(len(ids), int(n))
+                self.groups.append((ids, mat))
+        self.duplicates: list[tuple[int, int]] = []
+        bytes_: list[list[int]] = [[]]
+        parents: list[list[int]] = [[]]
+        tokens: list[list[int]] = [[]]
+        path = [0]  # the node of the current prefix at each depth (the root at depth 0)
+        prev, prev_id = b"", -1
+        for b, tid in sorted((b, i) for i, b in enumerate(tb) if b):
+            if b == prev:
+                self.duplicates.append((tid, prev_id))
                 continue
-            ids = np.nonzero(lens == n)[0]
-            mat = np.frombuffer(b"".join(tb[i] for i in ids), dtype=np.uint8).reshape(len(ids), int(n))
-            self.groups.append((ids, mat))
+            lcp, m = 0, min(len(b), len(prev))
+            while lcp < m and b[lcp] == prev[lcp]:
+                lcp += 1
+            del path[lcp + 1 :]
+            for d in range(lcp + 1, len(b) + 1):
+                if len(bytes_) <= d:
+                    bytes_.append([])
+                    parents.append([])
+                    tokens.append([])
+                bytes_[d].append(b[d - 1])
+                parents[d].append(path[d - 1])
+                tokens[d].append(-1)
+                path.append(len(bytes_[d]) - 1)
+            tokens[len(b)][path[len(b)]] = tid
+            prev, prev_id = b, tid
+        self.byte = [np.array(x, dtype=np.int64) for x in bytes_]
+        self.token = [np.array(x, dtype=np.int64) for x in tokens]
+        self.first_bytes = self.byte[1] if len(self.byte) > 1 else np.zeros(0, dtype=np.int64)
+        self.child_start: list[np.ndarray] = []
+        n_prev = 1
+        for d in range(1, len(bytes_)):
+            parent = np.array(parents[d], dtype=np.int64)
+            self.child_start.append(np.searchsorted(parent, np.arange(n_prev + 1)))
+            n_prev = len(parent)
+
+    def walk(self, table: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(token, start state, end state) for every token and start state from which the byte
+        DFA ``table`` (dead state ``q``) reads the whole token."""
+        src = np.arange(q, dtype=np.int64)
+        cur = src.copy()
+        node = np.zeros(q, dtype=np.int64)
+        out_t, out_s, out_c = [], [], []
+        for d in range(1, len(self.byte)):
+            cs = self.child_start[d - 1]
+            lo = cs[node]
+            cnt = cs[node + 1] - lo
+            total = int(cnt.sum())
+            if total == 0:
+                break
+            pair = np.repeat(np.arange(len(node)), cnt)
+            child = lo[pair] + (np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+            nxt = table[cur[pair], self.byte[d][child]]
+            alive = nxt != q
+            node, cur, src = child[alive], nxt[alive], src[pair[alive]]
+            tk = self.token[d][node]
+            end = tk >= 0
+            out_t.append(tk[end])
+            out_s.append(src[end])
+            out_c.append(cur[end])
+        if not out_t:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        return np.concatenate(out_t), np.concatenate(out_s), np.concatenate(out_c)
 
 
 _VOCABS: OrderedDict[str, _Vocab] = OrderedDict()
@@ -380,23 +446,41 @@ def byte_dfa(pattern: str) -> tuple[np.ndarray, int, np.ndarray]:
 
 
 _BYTE_VOCAB = None
-_END_MARK = "\U0010ffff"  # a noncharacter: texts holding it are the only ones this can narrow
 _POS_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**62, size=4096, dtype=np.int64) | 1
 _LEN_WEIGHT = np.int64(0x2545F4914F6CDD1D)
+_END_MARK = "\U0010ffff"  # a noncharacter: texts holding it are the only ones this can narrow
 
 
 def _token_dfa(pattern: str, tokenizer: Tokenizer, description: str) -> TokenAutomaton:
     """Regex -> byte DFA -> token DFA with token classes.
 
-    Bytes with the same column in the byte DFA form byte classes; tokens of one length with the
-    same byte-class sequence behave alike, so each such sequence is walked once, for all states
-    at once (numpy), and tokens with equal results from every state share a token class."""
+    Mostly, the vocabulary's trie is walked once for all states together, level by level, keeping
+    only the (start state, trie node) pairs still alive: a structural state dies on most first
+    bytes, so the work is the number of live pairs, not states x tokens x bytes. Each token's live
+    pairs are its transition signature; tokens with equal signatures share a token class."""
     table, start, accept = byte_dfa(pattern)
     q = table.shape[0] - 1
+    vocab = _vocab_for(tokenizer)
+    # states that read most first bytes (inside strings) keep nearly every trie node alive: when
+    # they are a large share of the states, walking all states densely over byte classes is cheaper
+    open_states = float((table[:q][:, vocab.first_bytes] != q).mean(axis=1).sum()) if q else 0.0
+    if q > 64 and open_states > 0.25 * q:
+        sig, row_of = _dense_signatures(table, q, vocab)
+    else:
+        tok, src, dst = vocab.walk(table, q)
+        sig, row_of = _sparse_signatures(tok, src, dst, q, vocab.size)
+        for dup, same in vocab.duplicates:
+            row_of[dup] = row_of[same]
+    return _from_signatures(sig, row_of, start, accept[:q], q, description)
+
+
+def _dense_signatures(table: np.ndarray, q: int, vocab: _Vocab) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures for every state at once: bytes with the same column in the byte DFA form byte
+    classes; tokens of one length with the same byte-class sequence behave alike, so each such
+    sequence is walked once, for all states together (numpy)."""
     cols, byte_class = np.unique(table.T, axis=0, return_inverse=True)
     byte_class = byte_class.ravel()
     by_class = np.ascontiguousarray(cols.T)  # [Q+1, byte classes]
-    vocab = _vocab_for(tokenizer)
     # one int64 key per token from its byte-class sequence; equal keys are checked to be equal
     keys = np.zeros(vocab.size, dtype=np.int64)
     has = np.zeros(vocab.size, dtype=bool)
@@ -408,8 +492,7 @@ def _token_dfa(pattern: str, tokenizer: Tokenizer, description: str) -> TokenAut
             keys[ids] = (cls * _POS_WEIGHTS[: cls.shape[1]]).sum(axis=1) + cls.shape[1] * _LEN_WEIGHT
         has[ids] = True
     if not has.any():
-        sig = np.zeros((0, q), dtype=np.int32)
-        return _from_signatures(sig, np.full(vocab.size, -1, dtype=np.int64), start, accept[:q], q, description)
+        return np.zeros((0, q), dtype=np.int32), np.full(vocab.size, -1, dtype=np.int64)
     _uniq_keys, first, inverse = np.unique(keys[has], return_index=True, return_inverse=True)
     rep_token = np.nonzero(has)[0][first]  # one token per distinct sequence
     row_of = np.full(vocab.size, -1, dtype=np.int64)
@@ -436,7 +519,45 @@ def _token_dfa(pattern: str, tokenizer: Tokenizer, description: str) -> TokenAut
         for p in range(seqs.shape[1]):
             cur = by_class[cur, seqs[:, p][:, None]]
         sig[todo] = cur
-    return _from_signatures(sig, row_of, start, accept[:q], q, description)
+    return sig, row_of
+
+
+def _sparse_signatures(
+    tok: np.ndarray, src: np.ndarray, dst: np.ndarray, q: int, n_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense signatures ``sig[r, s]`` (``q``: dead) of the distinct transition sets, and each
+    token's row (-1: no live transition). Sets are hashed (two random projections and the size),
+    then every token's pairs are checked against its row, so a collision cannot merge tokens."""
+    a, b, c, d = np.random.default_rng(0x5EED).random((4, q)) + 1.0
+    h1 = np.bincount(tok, weights=a[src] * b[dst], minlength=n_tokens)
+    h2 = np.bincount(tok, weights=c[src] * d[dst], minlength=n_tokens)
+    n = np.bincount(tok, minlength=n_tokens)
+    ids = np.nonzero(n)[0]
+    row_of = np.full(n_tokens, -1, dtype=np.int64)
+    if len(ids) == 0:
+        return np.zeros((0, q), dtype=np.int32), row_of
+    key = np.stack([h1[ids], h2[ids], n[ids].astype(np.float64)], axis=1)
+    _uniq, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    row_of[ids] = inverse.ravel()
+    sig = np.full((len(first), q), q, dtype=np.int32)
+    is_rep = np.zeros(n_tokens, dtype=bool)
+    is_rep[ids[first]] = True
+    mine = is_rep[tok]
+    sig[row_of[tok[mine]], src[mine]] = dst[mine]
+    if not np.array_equal(sig[row_of[tok], src], dst):  # pragma: no cover - a hash collision
+        rows = [frozenset(zip(src[tok == t].tolist(), dst[tok == t].tolist())) for t in ids]
+        index: dict[frozenset[tuple[int, int]], int] = {}
+        sig_rows = []
+        for t, r in zip(ids, rows):
+            if r not in index:
+                index[r] = len(sig_rows)
+                row = np.full(q, q, dtype=np.int32)
+                for a, b in r:
+                    row[a] = b
+                sig_rows.append(row)
+            row_of[t] = index[r]
+        sig = np.stack(sig_rows)
+    return sig, row_of
 
 
 def _unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

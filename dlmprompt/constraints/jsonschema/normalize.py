@@ -214,7 +214,8 @@ def schema_walker(fn: Callable[[Context, Any, str, int], Any]) -> Callable[[Cont
         if isinstance(schema, dict):
             _check_keywords(ctx, schema, path)
             if "allOf" in schema:
-                return walk(ctx, merge_all(ctx, schema, path), path, depth)
+                spread = distribute(ctx, schema, path)
+                return walk(ctx, spread if spread is not None else merge_all(ctx, schema, path), path, depth)
         return fn(ctx, schema, path, depth)
 
     return walk
@@ -276,6 +277,43 @@ def merge_all(ctx: Context, schema: dict[str, Any], path: str) -> dict[str, Any]
             s = merge_all(ctx, s, f"{path}/allOf/{i}")
         out = _merge(ctx, out, s, path)
     return out
+
+
+MAX_SPREAD = 64  # branches of an allOf of unions spread into one union
+
+
+def distribute(ctx: Context, schema: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """``allOf`` of several unions as one union of ``allOf`` s (``allOf [A, anyOf [B, C]]`` is
+    ``anyOf [allOf [A, B], allOf [A, C]]``), or None when at most one member is a union (which
+    :func:`merge_all` folds). Refused past :data:`MAX_SPREAD` branches."""
+    subs = schema["allOf"]
+    if not isinstance(subs, list):
+        raise ctx.refuse(path, "'allOf' must be a list of schemas")
+    members: list[Any] = [{k: v for k, v in schema.items() if k != "allOf"}]
+    for i, sub in enumerate(subs):
+        sub, _ = resolve(ctx, sub, f"{path}/allOf/{i}")
+        if isinstance(sub, dict) and "allOf" in sub and not (set(sub) - ANNOTATIONS - {"allOf"}):
+            members.extend(sub["allOf"])  # a nested allOf alone is its members
+        else:
+            members.append(sub)
+    unions = [m for m in members if isinstance(m, dict) and ("anyOf" in m or "oneOf" in m)]
+    if len(unions) < 2:
+        return None
+    size = 1
+    for u in unions:
+        branches = u.get("anyOf", u.get("oneOf"))
+        size *= len(branches) if isinstance(branches, list) else 1
+    if size > MAX_SPREAD:
+        raise ctx.refuse(path, f"allOf of unions with {size} combinations (at most {MAX_SPREAD}) is not supported")
+    first = next(i for i, m in enumerate(members) if m is unions[0])
+    key = "anyOf" if "anyOf" in unions[0] else "oneOf"
+    if key == "oneOf" and not disjoint(ctx, unions[0]["oneOf"], path):
+        raise ctx.refuse(path, "allOf with an overlapping oneOf and another union is not supported")
+    rest = {k: v for k, v in unions[0].items() if k != key}
+    out = []
+    for b in unions[0][key]:
+        out.append({"allOf": [*members[:first], rest, b, *members[first + 1 :]]})
+    return {"anyOf": out}
 
 
 def _conj(sa: Any, sb: Any) -> Any:

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlmprompt.constraints.jsonschema.logic import positive
 from dlmprompt.constraints.jsonschema.normalize import ANNOTATIONS, Context, as_schema, dump, schema_walker, types_of
 from dlmprompt.constraints.jsonschema.regexes import lit
 from dlmprompt.constraints.jsonschema.values import items_regex, object_items, prop_schema, value_regex
@@ -64,7 +65,7 @@ def compile_schema(
     ``additional_properties``: ``None`` follows the schema (extra properties allowed unless
     ``additionalProperties: false``), ``False`` never writes properties the schema does not name.
     """
-    schema = as_schema(schema)
+    schema = positive(as_schema(schema), lenient=lenient)
     ctx = Context(schema, indent, lenient, additional_properties)
     parts = _template(ctx, schema, "", 0)
     if parts is None:

@@ -479,16 +479,73 @@ def _object(ctx: Context, schema: dict[str, Any], path: str, depth: int) -> str 
             continue
         regs.append((key, req, r))
     lo, hi = schema.get("minProperties", 0), schema.get("maxProperties")
+    for name, n in (("minProperties", lo), ("maxProperties", hi)):
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+            raise ctx.refuse(path, f"{name} must be a non-negative integer")
     n_req = sum(1 for _, req, _ in regs if req)
-    if lo > n_req:
-        raise ctx.refuse(path, f"minProperties {lo} is more than the {n_req} required properties; not supported")
-    if hi is not None and (extra is not None or len(regs) > hi):
-        raise ctx.refuse(path, f"maxProperties {hi} below the properties that may be written is not supported")
-    body = items_regex(ctx, regs, extra, depth, leading=False, trailing=False)
     open_, close = lit("{" + ctx.open_sep(depth)), lit(ctx.close_sep(depth) + "}")
+    if lo > n_req or (hi is not None and (extra is not None or len(regs) > hi)):
+        body = _counted_members(ctx, regs, extra, depth, lo, hi, path)
+        if body is None:
+            return None
+        if lo == 0 and ctx.indent is not None:
+            return f"(?:{lit('{}')}|{open_}{body}{close})"
+        return open_ + body + close
+    body = items_regex(ctx, regs, extra, depth, leading=False, trailing=False)
     if n_req == 0 and ctx.indent is not None:
         return f"(?:{lit('{}')}|{open_}{body}{close})"
     return open_ + body + close
+
+
+def _counted_members(
+    ctx: Context,
+    regs: list[tuple[str, bool, str | None]],
+    extra: str | None,
+    depth: int,
+    lo: int,
+    hi: int | None,
+    path: str,
+) -> str | None:
+    """Members in order, then extra members, with ``lo <= count <= hi`` (minProperties /
+    maxProperties): ``runs[j]`` is the regex of the runs of the members so far with ``j`` present
+    (``j`` capped at ``lo`` when there is no upper bound). Refused past the region size."""
+    sep = lit(ctx.item_sep(depth))
+    top = hi if hi is not None else lo
+    runs: dict[int, str | None] = {0: ""}
+    for key, req, value in regs:
+        member = lit(json.dumps(key, ensure_ascii=False) + ctx.colon) + str(value)
+        nxt: dict[int, list[str]] = {}
+        for j, r in runs.items():
+            if r is None:
+                continue
+            if not req:
+                nxt.setdefault(j, []).append(r)
+            k = j + 1 if hi is not None else min(j + 1, top)
+            if k <= top:
+                nxt.setdefault(k, []).append(r + (sep if j else "") + member)
+        runs = {j: (alt(rs) if len(rs) > 1 else rs[0]) for j, rs in nxt.items()}
+        if sum(len(r or "") for r in runs.values()) > 4 * MAX_REGION:
+            raise ctx.refuse(path, "minProperties / maxProperties over this many optional properties is not supported")
+    alts = []
+    for j, r in sorted(runs.items()):
+        if r is None:
+            continue
+        need = max(0, lo - j)
+        room = None if hi is None else hi - j
+        if room is not None and room < need:
+            continue
+        if extra is None or room == 0:
+            if need == 0:
+                alts.append(r)
+            continue
+        if j == 0:
+            tail = extra + _rep(f"(?:{sep}{extra})", max(0, need - 1), None if room is None else room - 1)
+            alts.append(f"(?:{tail})" + ("?" if need == 0 else ""))
+        else:
+            alts.append(r + _rep(f"(?:{sep}{extra})", need, room))
+    if not alts:
+        return None
+    return alt(alts) if len(alts) > 1 else alts[0]
 
 
 def any_regex(ctx: Context, depth: int, levels: int) -> str:

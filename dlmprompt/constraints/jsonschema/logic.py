@@ -1,0 +1,410 @@
+"""The logic keywords of JSON Schema rewritten into positive ones, exactly.
+
+:func:`positive` returns a schema with the same valid instances and none of ``not``, ``if`` /
+``then`` / ``else``, ``dependencies``, ``dependentRequired``, ``dependentSchemas``, and no
+overlapping ``oneOf``; both the template compiler and the context-free span take what is left.
+
+* ``if: I, then: T, else: E`` is ``anyOf [allOf [I, T], allOf [not I, E]]`` (``anyOf [not I, T]``
+  without ``else``, ``anyOf [I, E]`` without ``then``).
+* ``dependentRequired {a: [b, c]}`` is ``anyOf [{properties: {a: false}}, {required: [a, b, c]}]``,
+  ``dependentSchemas {a: S}`` is ``anyOf [{properties: {a: false}}, allOf [{required: [a]}, S]]``,
+  and draft-7 ``dependencies`` is whichever of the two each value is.
+* ``oneOf`` whose branches cannot overlap is ``anyOf``; otherwise "exactly one" is ``anyOf`` over
+  ``i`` of ``allOf [B_i, not B_j for every j != i]``.
+* ``not S`` is pushed down to the keywords of ``S`` (:func:`negate`): every keyword constrains
+  one type, so "not S" is "another type, or one keyword of S fails". A keyword whose failure no
+  positive schema expresses (``pattern``, ``format``, ``multipleOf``, ``uniqueItems``,
+  ``additionalProperties``, ...) is refused with its path.
+
+Instance keywords (``enum``, ``const``, ``default``, ``examples``) are data and never rewritten.
+Imports only :mod:`dlmprompt.errors` and :mod:`.normalize`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from typing import Any
+
+from dlmprompt.constraints.jsonschema.normalize import ANNOTATIONS, Context, disjoint, resolve
+from dlmprompt.errors import SchemaError
+
+_ONE_SCHEMA = ("items", "additionalItems", "additionalProperties", "contains", "propertyNames", "not", "if")
+_ONE_SCHEMA += ("then", "else", "unevaluatedItems", "unevaluatedProperties")
+_SCHEMA_LIST = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_SCHEMA_MAP = ("properties", "patternProperties", "definitions", "$defs", "dependentSchemas")
+_TYPES = ("null", "boolean", "object", "array", "string", "number")
+_MAX_ONE_OF = 8  # branches of an overlapping oneOf rewritten as "exactly one"
+_MAX_DEPTH = 24  # $ref levels followed inside one negation
+
+
+def positive(schema: Any, *, lenient: bool = False) -> Any:
+    """``schema`` without the logic keywords (same valid instances); refuses, with the keyword and
+    its path, a negation no positive schema expresses. ``lenient``: an overlapping ``oneOf``
+    whose "exactly one" has no positive form is left as it is (the compiler then reads it as
+    ``anyOf`` and says so)."""
+    return _Rewriter(schema, lenient).rewrite(schema, "")
+
+
+def negate_of(schema: Any, root: Any = None) -> Any:
+    """A positive schema of the values ``schema`` rejects (``$ref`` resolved against ``root``)."""
+    r = _Rewriter(schema if root is None else root)
+    return r.negate(r.rewrite(schema, ""), "")
+
+
+class _Rewriter:
+    def __init__(self, root: Any, lenient: bool = False) -> None:
+        self.root = root
+        self.lenient = lenient
+        self.ctx = Context(root, None, False, None)
+        schema_uri = str(root.get("$schema", "")) if isinstance(root, dict) else ""
+        self.draft4 = bool(re.search(r"draft-0[34]", schema_uri))
+        self.tuple_items = bool(re.search(r"draft-0[3-7]|2019-09", schema_uri))
+        self.depth = 0
+
+    # ------------------------------------------------------------------ the whole tree
+
+    def rewrite(self, node: Any, path: str) -> Any:
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ANNOTATIONS - {"definitions", "$defs"} or key in ("enum", "const"):
+                out[key] = value
+            elif key in _SCHEMA_MAP and isinstance(value, dict):
+                out[key] = {k: self.rewrite(v, f"{path}/{key}/{k}") for k, v in value.items()}
+            elif key in _SCHEMA_LIST and isinstance(value, list):
+                out[key] = [self.rewrite(v, f"{path}/{key}/{i}") for i, v in enumerate(value)]
+            elif key in _ONE_SCHEMA:
+                out[key] = self.rewrite(value, f"{path}/{key}")
+            elif key == "dependencies" and isinstance(value, dict):
+                out[key] = {
+                    k: v if isinstance(v, list) else self.rewrite(v, f"{path}/{key}/{k}") for k, v in value.items()
+                }
+            else:
+                out[key] = value
+        return self._local(out, path)
+
+    def _local(self, node: dict[str, Any], path: str) -> dict[str, Any]:
+        """One node's logic keywords as conjuncts under ``allOf`` (its children are rewritten)."""
+        if not any(k in node for k in ("not", "if", "then", "else", "dependencies", "dependentRequired")) and not (
+            "dependentSchemas" in node or "oneOf" in node
+        ):
+            return node
+        out = dict(node)
+        extra: list[Any] = []
+        if "not" in out:
+            extra.append(self.negate(out.pop("not"), f"{path}/not"))
+        cond, then, other = out.pop("if", None), out.pop("then", None), out.pop("else", None)
+        if cond is not None and (then is not None or other is not None):
+            then = True if then is None else then
+            other = True if other is None else other
+            if other is True:
+                extra.append({"anyOf": [self.negate(cond, f"{path}/if"), then]})
+            elif then is True:
+                extra.append({"anyOf": [cond, other]})
+            else:
+                extra.append({"anyOf": [{"allOf": [cond, then]}, {"allOf": [self.negate(cond, f"{path}/if"), other]}]})
+        deps = dict(out.pop("dependentRequired", None) or {})
+        schemas = dict(out.pop("dependentSchemas", None) or {})
+        for name, dep in (out.pop("dependencies", None) or {}).items():
+            (deps if isinstance(dep, list) else schemas)[name] = dep
+        for name, needs in deps.items():
+            if not isinstance(needs, list):
+                raise SchemaError("dependentRequired values must be lists of names", path=f"{path}/dependentRequired")
+            if needs:
+                extra.append(
+                    {"anyOf": [{"properties": {name: False}}, {"required": list(dict.fromkeys([name, *needs]))}]}
+                )
+        for name, sub in schemas.items():
+            extra.append({"anyOf": [{"properties": {name: False}}, {"allOf": [{"required": [name]}, sub]}]})
+        if "oneOf" in out:
+            one = out.pop("oneOf")
+            if not isinstance(one, list) or not one:
+                raise SchemaError("'oneOf' needs a non-empty list of schemas", path=path)
+            try:
+                extra.append({"anyOf": self._exactly_one(one, f"{path}/oneOf")})
+            except SchemaError:
+                if not self.lenient:
+                    raise
+                out["oneOf"] = one
+        if extra:
+            out["allOf"] = [*(out.get("allOf") or []), *extra]
+        return out
+
+    def _exactly_one(self, branches: list[Any], path: str) -> list[Any]:
+        if len(branches) == 1 or disjoint(self.ctx, branches, path):
+            return list(branches)
+        if len(branches) > _MAX_ONE_OF:
+            raise SchemaError(
+                f"oneOf with {len(branches)} branches that may overlap is not supported (at most {_MAX_ONE_OF}); "
+                "use anyOf or make the branches disjoint (different types or a const discriminator)",
+                path=path,
+            )
+        negs = [self.negate(b, f"{path}/{i}") for i, b in enumerate(branches)]
+        return [{"allOf": [b, *[n for j, n in enumerate(negs) if j != i]]} for i, b in enumerate(branches)]
+
+    # ------------------------------------------------------------------ negation
+
+    def negate(self, schema: Any, path: str) -> Any:
+        """A positive schema of the values ``schema`` rejects."""
+        if schema is True:
+            return False
+        if schema is False:
+            return True
+        if not isinstance(schema, dict):
+            raise SchemaError(f"a schema is an object or a boolean; got {json.dumps(schema)[:40]}", path=path)
+        if "$ref" in schema:
+            self.depth += 1
+            try:
+                if self.depth > _MAX_DEPTH:
+                    raise SchemaError("'not' of a recursive schema is not supported", path=path)
+                target, _ = resolve(self.ctx, schema, path)
+                return self.negate(self.rewrite(target, path), path)
+            finally:
+                self.depth -= 1
+        branches: list[Any] = []
+        schema = dict(schema)
+        if "not" in schema:  # not (S and not X) = (not S) or X
+            branches.append(schema.pop("not"))
+        schema = self._local(schema, path)
+        keys = set(schema) - ANNOTATIONS
+        if not keys:
+            return {"anyOf": branches} if len(branches) > 1 else (branches[0] if branches else False)
+        if "type" in schema:
+            branches.extend(self._not_type(schema["type"], path))
+        if "enum" in schema or "const" in schema:
+            values = [schema["const"]] if "const" in schema else schema["enum"]
+            if not isinstance(values, list):
+                raise SchemaError("'enum' must be a list", path=path)
+            branches.extend(self._not_values(values, path))
+            if "const" in schema and "enum" in schema:
+                branches.extend(self._not_values(schema["enum"], path))
+        branches.extend(self._not_numeric(schema, path))
+        for key, ty, flip in (
+            ("minLength", "string", "maxLength"),
+            ("maxLength", "string", "minLength"),
+            ("minItems", "array", "maxItems"),
+            ("maxItems", "array", "minItems"),
+            ("minProperties", "object", "maxProperties"),
+            ("maxProperties", "object", "minProperties"),
+        ):
+            if key in schema:
+                n = schema[key]
+                if not isinstance(n, int) or isinstance(n, bool):
+                    raise SchemaError(f"{key} must be an integer", path=path)
+                if key.startswith("min") and n > 0:
+                    branches.append({"type": ty, flip: n - 1})
+                elif key.startswith("max"):
+                    branches.append({"type": ty, flip: n + 1})
+        for name, sub in (schema.get("properties") or {}).items():
+            if sub is not True and sub != {}:
+                branches.append(
+                    {
+                        "type": "object",
+                        "required": [name],
+                        "properties": {name: self.negate(sub, f"{path}/properties/{name}")},
+                    }
+                )
+        for name in schema.get("required") or []:
+            branches.append({"type": "object", "properties": {name: False}})
+        if "contains" in schema and not any(k in schema for k in ("minContains", "maxContains")):
+            branches.append({"type": "array", "items": self.negate(schema["contains"], f"{path}/contains")})
+        if "anyOf" in schema:
+            branches.append({"allOf": [self.negate(b, f"{path}/anyOf/{i}") for i, b in enumerate(schema["anyOf"])]})
+        if "allOf" in schema:
+            branches.extend(self.negate(b, f"{path}/allOf/{i}") for i, b in enumerate(schema["allOf"]))
+        if schema.get("uniqueItems") is False:
+            keys.discard("uniqueItems")
+        if schema.get("additionalProperties") in (True, {}):
+            keys.discard("additionalProperties")
+        if schema.get("items") in (True, {}):
+            keys.discard("items")
+        handled = {"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+        handled |= {"minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"}
+        handled |= {"properties", "required", "anyOf", "allOf", "contains"}
+        rest = sorted(k for k in keys - handled if _is_validation(k))
+        if rest:
+            raise SchemaError(
+                f"'not' of a schema with {rest[0]!r} is not supported (no positive schema holds the values it "
+                "rejects); rewrite the schema without 'not'",
+                path=path,
+            )
+        if not branches:
+            return False
+        return {"anyOf": branches} if len(branches) > 1 else branches[0]
+
+    def _not_type(self, t: Any, path: str) -> list[Any]:
+        types = {t} if isinstance(t, str) else set(t) if isinstance(t, list) else None
+        if types is None:
+            raise SchemaError(f"'type' must be a type name or a list of them; got {t!r}", path=path)
+        if "integer" in types and "number" not in types:
+            raise SchemaError(
+                "'not' of a schema that allows integers but not all numbers is not supported (no positive "
+                "schema holds the numbers that are not integers)",
+                path=path,
+            )
+        rest = [ty for ty in _TYPES if ty not in types]
+        return [{"type": rest if len(rest) > 1 else rest[0]}] if rest else []
+
+    def _not_values(self, values: list[Any], path: str) -> list[Any]:
+        """The values that are none of ``values``: other types, and per type the complement."""
+        out: list[Any] = []
+        by_type: dict[str, list[Any]] = {ty: [] for ty in _TYPES}
+        for v in values:
+            by_type[_type_of(v)].append(v)
+        for ty in _TYPES:
+            vs = by_type[ty]
+            if not vs:
+                out.append({"type": ty})
+            elif ty == "boolean":
+                left = [b for b in (True, False) if not any(x is b for x in vs)]
+                if left:
+                    out.append({"enum": left})
+            elif ty == "number":
+                out.extend(self._not_numbers(sorted({float(v) for v in vs})))
+            elif ty == "string":
+                out.append({"type": "string", "pattern": not_strings_pattern(vs)})
+            elif ty == "object":
+                if len(vs) > 1:
+                    raise SchemaError("'not' of several object values is not supported", path=path)
+                out.extend(self._not_object(vs[0], path))
+            elif ty == "array":
+                if len(vs) > 1 or vs[0]:
+                    raise SchemaError("'not' of a non-empty array value is not supported", path=path)
+                out.append({"type": "array", "minItems": 1})
+        return out
+
+    def _not_object(self, obj: dict[str, Any], path: str) -> list[Any]:
+        if not obj:
+            return [{"type": "object", "minProperties": 1}]
+        out: list[Any] = [{"type": "object", "properties": {k: False}} for k in obj]
+        for k, v in obj.items():
+            out.append({"type": "object", "required": [k], "properties": {k: self.negate({"const": v}, f"{path}/{k}")}})
+        out.append({"type": "object", "required": list(obj), "minProperties": len(obj) + 1})
+        return out
+
+    def _bound(self, key: str, v: float) -> dict[str, Any]:
+        """``{exclusiveMinimum: v}`` (or maximum) in the schema's draft."""
+        v = int(v) if float(v).is_integer() else v  # type: ignore[assignment]
+        if self.draft4:
+            plain = "minimum" if key == "exclusiveMinimum" else "maximum"
+            return {plain: v, key: True}
+        return {key: v}
+
+    def _not_numbers(self, vs: list[float]) -> list[Any]:
+        out = [{"type": "number", **self._bound("exclusiveMaximum", vs[0])}]
+        for a, b in itertools.pairwise(vs):
+            if self.draft4:
+                out.append(
+                    {
+                        "type": "number",
+                        "minimum": _num(a),
+                        "exclusiveMinimum": True,
+                        "maximum": _num(b),
+                        "exclusiveMaximum": True,
+                    }
+                )
+            else:
+                out.append({"type": "number", "exclusiveMinimum": _num(a), "exclusiveMaximum": _num(b)})
+        out.append({"type": "number", **self._bound("exclusiveMinimum", vs[-1])})
+        return out
+
+    def _not_numeric(self, schema: dict[str, Any], path: str) -> list[Any]:
+        out = []
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        xlo, xhi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+        for name, v in (("minimum", lo), ("maximum", hi), ("exclusiveMinimum", xlo), ("exclusiveMaximum", xhi)):
+            if v is not None and not isinstance(v, (int, float)):
+                raise SchemaError(f"{name} must be a number", path=path)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SchemaError(f"{name} must be finite", path=path)
+        if isinstance(xlo, bool):  # draft 4: a flag on minimum
+            lo, xlo = (None, lo) if xlo else (lo, None)
+        if isinstance(xhi, bool):
+            hi, xhi = (None, hi) if xhi else (hi, None)
+        if lo is not None:  # x < lo
+            out.append({"type": "number", **self._bound("exclusiveMaximum", lo)})
+        if xlo is not None:  # x <= xlo
+            out.append({"type": "number", "maximum": _num(xlo)})
+        if hi is not None:
+            out.append({"type": "number", **self._bound("exclusiveMinimum", hi)})
+        if xhi is not None:
+            out.append({"type": "number", "minimum": _num(xhi)})
+        return out
+
+
+def _num(v: float) -> float | int:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _type_of(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    return "object"
+
+
+_VALIDATION = {
+    "multipleOf", "pattern", "format", "items", "additionalItems", "prefixItems", "uniqueItems",
+    "minContains", "maxContains", "patternProperties", "additionalProperties", "propertyNames",
+    "unevaluatedItems", "unevaluatedProperties", "$dynamicRef", "$recursiveRef", "contentSchema",
+}  # fmt: skip
+
+
+def _is_validation(key: str) -> bool:
+    return key in _VALIDATION
+
+
+_SPECIAL = set("\\^$.|?*+()[]{}/-")
+
+
+def _escape(ch: str) -> str:
+    if ch in _SPECIAL:
+        return "\\" + ch
+    if ch == "\n":
+        return "\\n"
+    if ch == "\r":
+        return "\\r"
+    if ch == "\t":
+        return "\\t"
+    if ord(ch) < 0x20:
+        return f"\\x{ord(ch):02x}"
+    return ch
+
+
+def _class_not(chars: list[str]) -> str:
+    return "[^" + "".join(_escape(c) for c in sorted(chars)) + "]"
+
+
+_ANY = r"(?:.|[\n\r\u2028\u2029])"  # any character, in ECMA and in Python alike
+
+
+def not_strings_pattern(strings: list[str]) -> str:
+    """An anchored ECMA pattern of the strings that are none of ``strings``."""
+    trie: dict[str, Any] = {}
+    for s in strings:
+        node = trie
+        for ch in s:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        kids = sorted(c for c in node if c)
+        alts = [] if "" in node else [""]
+        alts.append((_class_not(kids) if kids else _ANY) + _ANY + "*")
+        alts.extend(_escape(c) + build(node[c]) for c in kids)
+        return "(?:" + "|".join(alts) + ")"
+
+    return "^" + build(trie) + "$"
+
+
+__all__ = ["negate_of", "not_strings_pattern", "positive"]
