@@ -78,6 +78,39 @@ def load_files(data: str, limit: int | None, seed: int) -> list[str]:
     return files
 
 
+# the keywords the coverage table counts (a schema counts under each keyword it uses anywhere)
+KEYWORDS = frozenset(
+    "not if dependencies dependentRequired dependentSchemas oneOf anyOf allOf patternProperties "
+    "propertyNames additionalProperties uniqueItems contains minProperties maxProperties prefixItems "
+    "pattern format enum const $ref minimum multipleOf minLength minItems".split()
+)
+_DATA = frozenset({"enum", "const", "default", "examples", "example"})
+_NAMES = frozenset({"properties", "patternProperties", "definitions", "$defs", "dependentSchemas", "dependencies"})
+
+
+def keywords_of(schema: Any) -> set[str]:
+    """The keywords used anywhere in ``schema`` (property names and instance data are skipped)."""
+    out: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                out.add(k)
+                if k in _DATA:
+                    continue
+                if k in _NAMES and isinstance(v, dict):
+                    for sub in v.values():
+                        walk(sub)
+                else:
+                    walk(v)
+
+    walk(schema)
+    return out
+
+
 def validator(schema: Any) -> Any:
     import jsonschema
 
@@ -94,12 +127,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ref = collections.Counter()
     by_source: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     refusals = collections.Counter()
+    by_keyword: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     ll_refusals = collections.Counter()
     times: list[float] = []
     ll_times: list[float] = []
     problems: list[str] = []
     signal.signal(signal.SIGALRM, _alarm)
-    per_file = open(args.per_file, "w") if args.per_file else None  # noqa: SIM115 (closed below)
+    per_file = open(args.per_file, "w") if args.per_file else None
     t_start = time.perf_counter()
     for i, path in enumerate(files):
         if i % 100 == 0:
@@ -168,8 +202,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             per_file.write(json.dumps(record) + "\n")
             per_file.flush()
         # ---- llguidance: compile + acceptance
+        ll_ok = None
         if ll is not None:
-            _llguidance_case(ll, schema, tests, ref, ll_refusals, ll_times)
+            ll_ok = _llguidance_case(ll, schema, tests, ref, ll_refusals, ll_times)
+        for kw in keywords_of(schema) & KEYWORDS:
+            row_kw = by_keyword[kw]
+            row_kw["schemas"] += 1
+            row_kw["ours"] += program is not None
+            if ll_ok is not None:
+                row_kw["llguidance"] += ll_ok
     total = time.perf_counter() - t_start
     if per_file is not None:
         per_file.close()
@@ -181,6 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["seconds"] = round(total, 1)
     out["refusals"] = dict(refusals.most_common(25))
     out["by_source"] = {k: dict(v) for k, v in sorted(by_source.items())}
+    out["by_keyword"] = {k: dict(v) for k, v in sorted(by_keyword.items(), key=lambda kv: -kv[1]["schemas"])}
     out["problems"] = problems[:50]
     if ll is not None:
         out["llguidance"] = _summary(ref, ll_times)
@@ -257,7 +299,7 @@ def _llguidance(tok: Any) -> Any:
     return llguidance, lltokenizer_from_encoding(enc, n_vocab=tok.vocab_size, eos_token=tok.eos_id), enc
 
 
-def _llguidance_case(ll, schema, tests, ref, refusals, times) -> None:
+def _llguidance_case(ll, schema, tests, ref, refusals, times) -> bool:
     llguidance, lltok, enc = ll
     ref["schemas"] += 1
     t = time.perf_counter()
@@ -272,7 +314,7 @@ def _llguidance_case(ll, schema, tests, ref, refusals, times) -> None:
         failed, err = True, str(exc)
     if failed:
         refusals[_reason(err)] += 1
-        return
+        return False
     times.append((time.perf_counter() - t) * 1e3)
     ref["compiled"] += 1
     for test in tests:
@@ -282,6 +324,7 @@ def _llguidance_case(ll, schema, tests, ref, refusals, times) -> None:
         key = "valid" if test["valid"] else "invalid"
         ref[f"{key}_tests"] += 1
         ref[f"{key}_{'accepted' if test['valid'] else 'rejected'}"] += accepted if test["valid"] else not accepted
+    return True
 
 
 def print_table(out: dict[str, Any]) -> None:
@@ -308,6 +351,10 @@ def print_table(out: dict[str, Any]) -> None:
         )
     )
     print(f"engine disagreements (Python re vs token automata): {out['engine_disagreements']}")
+    print("coverage by keyword (schemas using it anywhere: compiled by us / by llguidance):")
+    for kw, row in out["by_keyword"].items():
+        ll = f"{row.get('llguidance', 0):>6}" if "llguidance" in out else "     -"
+        print(f"  {kw:<22}{row['schemas']:>6}{row.get('ours', 0):>6}{ll}")
     print("top refusals:")
     for reason, n in list(out["refusals"].items())[:10]:
         print(f"  {n:5d}  {reason}")

@@ -314,10 +314,13 @@ def _lay_out_json(
             path=refusal.path,
             slot=part.name,
         )
-    if constrained and (refusal is not None or (template.notes and not grounded)):  # type: ignore[union-attr]
+    slow = None if template is None or not constrained or grounded else _slow_template(template, tok)
+    if constrained and (refusal is not None or slow or (template.notes and not grounded)):  # type: ignore[union-attr]
         # not exact as a template: one context-free span (llguidance), when it takes the schema
         if refusal is not None:
             why = str(refusal.reason)
+        elif slow:
+            why = slow
         else:
             notes = list(template.notes)  # type: ignore[union-attr]
             why = "; ".join(notes[:3]) + (f" (and {len(notes) - 3} more)" if len(notes) > 3 else "")
@@ -385,6 +388,28 @@ def _lay_out_json(
                     "array or extra properties are not reached by grounded=; make them required)"
                 )
     return notes
+
+
+TEMPLATE_BUILD_BUDGET_S = 0.25  # a template whose token automata take longer to build becomes a span
+TEMPLATE_REGEX_BUDGET = 24_000  # characters of hole regexes: past this, building is slow whatever the vocabulary
+
+
+def _slow_template(template: Any, tok: Tokenizer) -> str | None:
+    """Why the template's token automata are too slow to build (their estimated seconds past
+    :data:`TEMPLATE_BUILD_BUDGET_S`: huge regions at a large vocabulary), or None."""
+    from dlmprompt.constraints.automaton import automaton_seconds
+
+    if sum(len(h.regex) for h in template.holes) > TEMPLATE_REGEX_BUDGET:
+        return "the template's regular expressions are too large to build quickly"
+    total = 0.0
+    for hole in template.holes:
+        try:
+            total += automaton_seconds(hole.regex, tok)
+        except (ValueError, RuntimeError, CompileError):
+            return None  # regex_automaton reports it
+        if total > TEMPLATE_BUILD_BUDGET_S:
+            return f"the template's automata would take about {total:.1f} s or more to build at this vocabulary"
+    return None
 
 
 def _marks_grounding(schema: Any) -> bool:

@@ -161,6 +161,14 @@ def test_agent_tools_example_runs_with_valid_calls_and_report(flags) -> None:  #
     assert isinstance(report["warm"], bool) and report["city"] in ("Lisbon", "Oslo", "Lima")
 
 
+def test_conditional_schema_example_runs() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "conditional_schema.py")], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("valid under the schema: True") == 2
+
+
 @pytest.mark.parametrize("name", ["dspy_typed.py", "llamaindex_structured.py"])
 def test_framework_examples_run(name) -> None:  # type: ignore[no-untyped-def]
     out = subprocess.run([sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True, check=False)

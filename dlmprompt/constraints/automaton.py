@@ -340,6 +340,8 @@ class _Vocab:
         self.byte = [np.array(x, dtype=np.int64) for x in bytes_]
         self.token = [np.array(x, dtype=np.int64) for x in tokens]
         self.first_bytes = self.byte[1] if len(self.byte) > 1 else np.zeros(0, dtype=np.int64)
+        self.n_nodes = sum(len(b) for b in self.byte)
+        self.n_bytes = int(lens.sum())
         self.child_start: list[np.ndarray] = []
         n_prev = 1
         for d in range(1, len(bytes_)):
@@ -347,12 +349,12 @@ class _Vocab:
             self.child_start.append(np.searchsorted(parent, np.arange(n_prev + 1)))
             n_prev = len(parent)
 
-    def walk(self, table: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(token, start state, end state) for every token and start state from which the byte
-        DFA ``table`` (dead state ``q``) reads the whole token."""
-        src = np.arange(q, dtype=np.int64)
+    def walk(self, table: np.ndarray, q: int, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(token, start state, end state) for every token and start state in ``starts`` from
+        which the byte DFA ``table`` (dead state ``q``) reads the whole token."""
+        src = starts.astype(np.int64)
         cur = src.copy()
-        node = np.zeros(q, dtype=np.int64)
+        node = np.zeros(len(src), dtype=np.int64)
         out_t, out_s, out_c = [], [], []
         for d in range(1, len(self.byte)):
             cs = self.child_start[d - 1]
@@ -457,27 +459,51 @@ def _token_dfa(pattern: str, tokenizer: Tokenizer, description: str) -> TokenAut
     Mostly, the vocabulary's trie is walked once for all states together, level by level, keeping
     only the (start state, trie node) pairs still alive: a structural state dies on most first
     bytes, so the work is the number of live pairs, not states x tokens x bytes. Each token's live
-    pairs are its transition signature; tokens with equal signatures share a token class."""
+    pairs are its transition signature; tokens with equal signatures share a token class. When
+    most states are inside strings, the dense walk over byte classes is cheaper and is used."""
     table, start, accept = byte_dfa(pattern)
     q = table.shape[0] - 1
     vocab = _vocab_for(tokenizer)
-    # states that read most first bytes (inside strings) keep nearly every trie node alive: when
-    # they are a large share of the states, walking all states densely over byte classes is cheaper
-    open_states = float((table[:q][:, vocab.first_bytes] != q).mean(axis=1).sum()) if q else 0.0
-    if q > 64 and open_states > 0.25 * q:
-        sig, row_of = _dense_signatures(table, q, vocab)
-    else:
-        tok, src, dst = vocab.walk(table, q)
-        sig, row_of = _sparse_signatures(tok, src, dst, q, vocab.size)
-        for dup, same in vocab.duplicates:
-            row_of[dup] = row_of[same]
+    sig, row_of = _signatures(table, q, vocab)
     return _from_signatures(sig, row_of, start, accept[:q], q, description)
 
 
-def _dense_signatures(table: np.ndarray, q: int, vocab: _Vocab) -> tuple[np.ndarray, np.ndarray]:
-    """Signatures for every state at once: bytes with the same column in the byte DFA form byte
-    classes; tokens of one length with the same byte-class sequence behave alike, so each such
-    sequence is walked once, for all states together (numpy)."""
+def _signatures(table: np.ndarray, q: int, vocab: _Vocab) -> tuple[np.ndarray, np.ndarray]:
+    """``sig[r, s]`` (``q``: dead) for the distinct token behaviours and each token's row, by the
+    cheaper of the two walks (:func:`build_costs`)."""
+    every = np.arange(q)
+    sparse, dense = build_costs(table, q, vocab)
+    if dense < sparse:
+        return _dense_signatures(table, q, vocab, every)
+    tok, src, dst = vocab.walk(table, q, every)
+    sig, row_of = _sparse_signatures(tok, src, dst, q, vocab.size)
+    for dup, same in vocab.duplicates:
+        row_of[dup] = row_of[same]
+    return sig, row_of
+
+
+def build_costs(table: np.ndarray, q: int, vocab: _Vocab) -> tuple[float, float]:
+    """Rough seconds (this machine's numpy) of the sparse trie walk and of the dense walk for the
+    byte DFA ``table``. A state that reads most first bytes (inside a string) keeps nearly every
+    trie node alive in the sparse walk; the dense walk costs states x vocabulary bytes."""
+    if q == 0:
+        return 0.0, 0.0
+    live = float((table[:q][:, vocab.first_bytes] != q).mean(axis=1).sum())
+    return live * vocab.n_nodes * 1.2e-7, 0.05 + q * vocab.n_bytes * 3e-9
+
+
+def automaton_seconds(pattern: str, tokenizer: Tokenizer) -> float:
+    """About how long :func:`regex_automaton` takes to build ``pattern`` (0 when cached)."""
+    if ("regex:" + pattern, tokenizer.identity) in _AUTOMATA:
+        return 0.0
+    table, _start, _accept = byte_dfa(pattern)
+    return min(build_costs(table, table.shape[0] - 1, _vocab_for(tokenizer)))
+
+
+def _dense_signatures(table: np.ndarray, q: int, vocab: _Vocab, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures ``[rows, len(starts)]`` from the states ``starts``: bytes with the same column in
+    the byte DFA form byte classes; tokens of one length with the same byte-class sequence behave
+    alike, so each such sequence is walked once, for all those states together (numpy)."""
     cols, byte_class = np.unique(table.T, axis=0, return_inverse=True)
     byte_class = byte_class.ravel()
     by_class = np.ascontiguousarray(cols.T)  # [Q+1, byte classes]
@@ -492,13 +518,13 @@ def _dense_signatures(table: np.ndarray, q: int, vocab: _Vocab) -> tuple[np.ndar
             keys[ids] = (cls * _POS_WEIGHTS[: cls.shape[1]]).sum(axis=1) + cls.shape[1] * _LEN_WEIGHT
         has[ids] = True
     if not has.any():
-        return np.zeros((0, q), dtype=np.int32), np.full(vocab.size, -1, dtype=np.int64)
+        return np.zeros((0, len(starts)), dtype=np.int32), np.full(vocab.size, -1, dtype=np.int64)
     _uniq_keys, first, inverse = np.unique(keys[has], return_index=True, return_inverse=True)
     rep_token = np.nonzero(has)[0][first]  # one token per distinct sequence
     row_of = np.full(vocab.size, -1, dtype=np.int64)
     row_of[has] = inverse.ravel()
-    sig = np.empty((len(rep_token), q), dtype=np.int32)
-    states = np.arange(q, dtype=np.int32)[None, :]
+    sig = np.empty((len(rep_token), len(starts)), dtype=np.int32)
+    states = starts.astype(np.int32)[None, :]
     for (ids, _mat), cls in zip(vocab.groups, classes_of):
         rows = row_of[ids]
         reps = rep_token[rows]
@@ -511,7 +537,7 @@ def _dense_signatures(table: np.ndarray, q: int, vocab: _Vocab) -> tuple[np.ndar
             mine = np.arange(len(ids))
             pos_in_group = mine
             row_of[ids] = len(sig) + mine
-            sig = np.concatenate([sig, np.empty((len(ids), q), dtype=np.int32)])
+            sig = np.concatenate([sig, np.empty((len(ids), len(starts)), dtype=np.int32)])
             rows = row_of[ids]
         todo, where = np.unique(rows, return_index=True)
         cur = np.repeat(states, len(todo), axis=0)

@@ -15,7 +15,16 @@ try:  # Python 3.11+
     import re._parser as _sre_parse  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _sre_parse  # type: ignore[no-redef]
-from dlmprompt.constraints.jsonschema.normalize import ANNOTATIONS, Context, disjoint, dump, json_equal, schema_walker
+from dlmprompt.constraints.jsonschema.normalize import (
+    ANNOTATIONS,
+    Context,
+    _json_type,
+    disjoint,
+    dump,
+    json_equal,
+    schema_walker,
+    types_of,
+)
 from dlmprompt.constraints.jsonschema.regexes import (
     ANY_DEPTH,
     CHAR,
@@ -246,8 +255,14 @@ def _value_ok(ctx: Context, rest: dict[str, Any], v: Any, path: str) -> bool:
     """Whether an enum value passes the sibling keywords (checked with the same compiler)."""
     if not rest:
         return True
+    if "type" in rest and _json_type(v) not in types_of(rest):
+        return False
+    notes = list(ctx.notes)
     r = value_regex(ctx, rest, path, 0)
-    return r is not None and re.fullmatch(r, dump(v, ctx.indent, 0)) is not None
+    ok = r is not None and re.fullmatch(r, dump(v, ctx.indent, 0)) is not None
+    if ok:  # a check, not a value written: a narrowing it met did not drop this value
+        ctx.notes[:] = notes
+    return ok
 
 
 def _typed(ctx: Context, schema: dict[str, Any], ty: str, path: str, depth: int) -> str | None:
