@@ -314,7 +314,9 @@ def _lay_out_json(
             path=refusal.path,
             slot=part.name,
         )
-    slow = None if template is None or not constrained or grounded else _slow_template(template, tok)
+    slow = None
+    if template is not None and constrained and not grounded and not template.notes:
+        slow = _slow_template(template, tok)
     if constrained and (refusal is not None or slow or (template.notes and not grounded)):  # type: ignore[union-attr]
         # not exact as a template: one context-free span (llguidance), when it takes the schema
         if refusal is not None:
@@ -390,7 +392,7 @@ def _lay_out_json(
     return notes
 
 
-TEMPLATE_BUILD_BUDGET_S = 0.25  # a template whose token automata take longer to build becomes a span
+TEMPLATE_BUILD_BUDGET_S = 1.0  # a template whose token automata take longer to build becomes a span
 TEMPLATE_REGEX_BUDGET = 24_000  # characters of hole regexes: past this, building is slow whatever the vocabulary
 
 

@@ -230,3 +230,53 @@ def test_if_then_else_through_the_compiled_slot(byte_tok):
     assert json_accepts(prog, "value", {"kind": "bank", "iban": "DE"})[1]
     assert not json_accepts(prog, "value", {"kind": "card", "iban": "DE"})[1]
     assert not json_accepts(prog, "value", {"kind": "bank"})[1]
+
+
+def test_slow_templates_become_the_context_free_span(byte_tok, monkeypatch):
+    import dlmprompt.compiler as compiler_module
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}}, "required": ["a"]}
+    schema["additionalProperties"] = False
+    monkeypatch.setattr(compiler_module, "TEMPLATE_BUILD_BUDGET_S", -1.0)
+    monkeypatch.setattr(compiler_module, "_PROGRAMS", type(compiler_module._PROGRAMS)())
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok, steps=7)
+    assert any("context-free span" in n and "to build" in n for n in prog.notes), prog.notes
+    assert json_accepts(prog, "value", {"a": 3, "b": True})[1]
+    assert not json_accepts(prog, "value", {"b": True})[1]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r'"(?:[^"\\]|\\.)*"',
+        r"[a-z]{0,40}",
+        r'\{"a":(?:true|false)(?:,"b":-?[0-9]+)?\}',
+        r"(?:[\s\S])*",
+        r"(?:ab|cd|é+)",
+        r'\["x"(?:,"x"){0,5}\]',
+    ],
+)
+def test_sparse_and_dense_token_walks_agree(pattern):
+    """The two walks that build token automata give the same automaton (at the Qwen2.5 and the
+    embedded vocabularies)."""
+    import numpy as np
+
+    from dlmprompt import load
+    from dlmprompt.constraints import automaton as A
+    from dlmprompt.tokenizer import qwen25_tokenizer
+
+    for tok in (qwen25_tokenizer(), load().tokenizer):
+        table, start, accept = A.byte_dfa(A.checked_pattern(pattern, None))
+        q = table.shape[0] - 1
+        vocab = A._vocab_for(tok)
+        every = np.arange(q)
+        dense = A._from_signatures(*A._dense_signatures(table, q, vocab, every), start, accept[:q], q, "")
+        t, s, d = vocab.walk(table, q, every)
+        sig, row = A._sparse_signatures(t, s, d, q, vocab.size)
+        for dup, same in vocab.duplicates:
+            row[dup] = row[same]
+        sparse = A._from_signatures(sig, row, start, accept[:q], q, "")
+        assert np.array_equal(dense.token_class >= 0, sparse.token_class >= 0)
+        assert (dense.n_classes, dense.n_states, dense.start) == (sparse.n_classes, sparse.n_states, sparse.start)
+        ids = np.nonzero(dense.token_class >= 0)[0]
+        assert np.array_equal(dense.next_state[dense.token_class[ids]], sparse.next_state[sparse.token_class[ids]])
