@@ -27,7 +27,7 @@ import math
 import re
 from typing import Any
 
-from dlmprompt.constraints.jsonschema.normalize import ANNOTATIONS, Context, disjoint, resolve
+from dlmprompt.constraints.jsonschema.normalize import ANNOTATIONS, Context, disjoint, json_type, resolve
 from dlmprompt.errors import SchemaError
 
 _ONE_SCHEMA = ("items", "additionalItems", "additionalProperties", "contains", "propertyNames", "not", "if")
@@ -340,17 +340,8 @@ def _num(v: float) -> float | int:
 
 
 def _type_of(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    return "object"
+    t = json_type(v)
+    return "number" if t == "integer" else t
 
 
 _VALIDATION = {

@@ -132,13 +132,13 @@ def types_of(schema: dict[str, Any]) -> set[str]:
         types = {"object", "array", "string", "number", "integer", "boolean", "null"}
         if "enum" in schema or "const" in schema:
             values = schema["enum"] if "enum" in schema else [schema["const"]]
-            types = {_json_type(v) for v in values if isinstance(values, list)}
+            types = {json_type(v) for v in values if isinstance(values, list)}
     if "number" in types:
         types.add("integer")
     return types
 
 
-def _json_type(v: Any) -> str:
+def json_type(v: Any) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):

@@ -18,10 +18,10 @@ except ImportError:  # pragma: no cover - Python 3.10
 from dlmprompt.constraints.jsonschema.normalize import (
     ANNOTATIONS,
     Context,
-    _json_type,
     disjoint,
     dump,
     json_equal,
+    json_type,
     schema_walker,
     types_of,
 )
@@ -255,7 +255,7 @@ def _value_ok(ctx: Context, rest: dict[str, Any], v: Any, path: str) -> bool:
     """Whether an enum value passes the sibling keywords (checked with the same compiler)."""
     if not rest:
         return True
-    if "type" in rest and _json_type(v) not in types_of(rest):
+    if "type" in rest and json_type(v) not in types_of(rest):
         return False
     notes = list(ctx.notes)
     r = value_regex(ctx, rest, path, 0)
