@@ -434,23 +434,33 @@ def _add_span(
     prompt_flags.extend([False] * n)
 
 
-def _json_grammar(c: Json, tok: Tokenizer) -> Any:
-    """llguidance's compact-JSON grammar for a JSON constraint, or the reason it cannot serve."""
+def span_schema(c: Json) -> Any:
+    """The schema the context-free span compiles for ``c`` (or why there is none, a string):
+    siblings of ``$ref`` dropped where the draft says so, objects closed under
+    ``additional_properties=False``, and the logic keywords llguidance refuses rewritten (an
+    overlapping ``oneOf`` with no positive form is left for llguidance to judge)."""
     from dlmprompt.constraints.jsonschema.logic import positive
-    from dlmprompt.constraints.jsonschema.span import closed_objects, compile_json_grammar, ref_overrides_siblings
+    from dlmprompt.constraints.jsonschema.span import closed_objects, ref_overrides_siblings
 
-    if c.indent is not None:
-        return "indented layouts are templates only"
     schema: Any = ref_overrides_siblings(c.json_schema)
-    try:  # llguidance takes neither not, if / then / else, dependencies nor oneOf
-        schema = positive(schema)
-    except SchemaError as exc:
-        return str(exc)
     if c.additional_properties is False:
         schema = closed_objects(schema)
         if schema is None:
             return "additional_properties=False with allOf"
-    return compile_json_grammar(schema, tok)
+    try:
+        return positive(schema, lenient=True)
+    except SchemaError:
+        return schema  # llguidance refuses what is left, with its own reason
+
+
+def _json_grammar(c: Json, tok: Tokenizer) -> Any:
+    """llguidance's compact-JSON grammar for a JSON constraint, or the reason it cannot serve."""
+    from dlmprompt.constraints.jsonschema.span import compile_json_grammar
+
+    if c.indent is not None:
+        return "indented layouts are templates only"
+    schema = span_schema(c)
+    return schema if isinstance(schema, str) else compile_json_grammar(schema, tok)
 
 
 def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool]:
@@ -470,7 +480,8 @@ def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool
         from dlmprompt.constraints.jsonschema.span import accepts, orderings
 
         # the span writes keys in the schema's properties order: try the instance that way too
-        for inst in [instance, *orderings(instance, c.json_schema)]:
+        order_schema = span_schema(c)
+        for inst in [instance, *orderings(instance, c.json_schema if isinstance(order_schema, str) else order_schema)]:
             if accepts(holes[0].grammar, json.dumps(inst, separators=(",", ":"), ensure_ascii=False)):
                 return True, True
         return False, False

@@ -305,6 +305,9 @@ class _Vocab:
     def __init__(self, tokenizer: Tokenizer) -> None:
         tb = [b or b"" for b in tokenizer.token_bytes]
         self.size = len(tb)
+        self.bytes_of = tb
+        self.has_bytes = np.array([bool(b) for b in tb], dtype=bool)
+        self._string_walk: _StringWalk | None = None
         lens = np.fromiter((len(b) for b in tb), dtype=np.int64, count=len(tb))
         self.groups: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, bytes [n, length]) per length
         for n in np.unique(lens):
@@ -348,6 +351,34 @@ class _Vocab:
             parent = np.array(parents[d], dtype=np.int64)
             self.child_start.append(np.searchsorted(parent, np.arange(n_prev + 1)))
             n_prev = len(parent)
+
+    def string_walk(self) -> _StringWalk:
+        """Every token read from inside a JSON string (built once per tokenizer)."""
+        if self._string_walk is None:
+            table, start, _accept = byte_dfa(f"\\x22{JSON_CHAR}*\\x22")
+            q = table.shape[0] - 1
+            inside = int(table[start, 0x22])
+            end = np.full(self.size, -1, dtype=np.int64)
+            exit_at = np.full(self.size, -1, dtype=np.int64)
+            for ids, mat in self.groups:
+                cur = np.full(len(ids), inside, dtype=np.int64)
+                closed = np.full(len(ids), -1, dtype=np.int64)
+                for p in range(mat.shape[1]):
+                    open_ = closed < 0
+                    quote = open_ & (cur == inside) & (mat[:, p] == 0x22)
+                    closed[quote] = p + 1
+                    step = open_ & ~quote
+                    cur[step] = table[cur[step], mat[step, p]]
+                end[ids] = np.where((closed < 0) & (cur != q), cur, -1)
+                exit_at[ids] = closed
+            exits = np.nonzero(exit_at >= 0)[0]
+            lens = np.array([len(self.bytes_of[t]) - exit_at[t] for t in exits], dtype=np.int64)
+            suffixes = np.zeros((len(exits), int(lens.max()) if len(exits) else 0), dtype=np.int64)
+            for i, t in enumerate(exits):
+                tail = self.bytes_of[t][exit_at[t] :]
+                suffixes[i, : len(tail)] = list(tail)
+            self._string_walk = _StringWalk(table, inside, q, end, exits, suffixes, lens)
+        return self._string_walk
 
     def walk(self, table: np.ndarray, q: int, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(token, start state, end state) for every token and start state in ``starts`` from
@@ -470,26 +501,114 @@ def _token_dfa(pattern: str, tokenizer: Tokenizer, description: str) -> TokenAut
 
 def _signatures(table: np.ndarray, q: int, vocab: _Vocab) -> tuple[np.ndarray, np.ndarray]:
     """``sig[r, s]`` (``q``: dead) for the distinct token behaviours and each token's row, by the
-    cheaper of the two walks (:func:`build_costs`)."""
-    every = np.arange(q)
-    sparse, dense = build_costs(table, q, vocab)
+    cheaper of the two walks (:func:`build_costs`). States inside a JSON string are read from
+    the tokenizer's precomputed string walk instead (:func:`_string_states`)."""
+    inside = _string_states(table, q, vocab)
+    rest = np.array([x for x in range(q) if x not in inside], dtype=np.int64)
+    sparse, dense = build_costs(table, q, vocab, rest)
     if dense < sparse:
-        return _dense_signatures(table, q, vocab, every)
-    tok, src, dst = vocab.walk(table, q, every)
+        return _dense_signatures(table, q, vocab, np.arange(q))
+    tok, src, dst = vocab.walk(table, q, rest)
     sig, row_of = _sparse_signatures(tok, src, dst, q, vocab.size)
     for dup, same in vocab.duplicates:
         row_of[dup] = row_of[same]
-    return sig, row_of
+    if not inside:
+        return sig, row_of
+    # inside a string, a token is its end state in the string (a few classes) or, if it closes
+    # the string, the walk of the rest of its bytes from there (a few thousand tokens)
+    walk = vocab.string_walk()
+    states = np.array(sorted(inside), dtype=np.int64)
+    n_sub = walk.n_states
+    sub_sig = np.full((n_sub + len(walk.exit_tokens) + 1, len(states)), q, dtype=np.int32)
+    for j, x in enumerate(states):
+        sub_sig[:n_sub, j] = inside[x]
+        cur = np.full(len(walk.exit_tokens), table[x, 0x22], dtype=np.int64)
+        for p in range(walk.suffixes.shape[1]):
+            live = walk.suffix_len > p
+            cur[live] = table[cur[live], walk.suffixes[live, p]]
+        sub_sig[n_sub : n_sub + len(cur), j] = cur
+    key2 = np.where(walk.end_state >= 0, walk.end_state, len(sub_sig) - 1)
+    key2[walk.exit_tokens] = n_sub + np.arange(len(walk.exit_tokens))
+    for dup, same in vocab.duplicates:
+        key2[dup] = key2[same]
+    key1 = np.where(row_of < 0, len(sig), row_of)
+    key = key1 * len(sub_sig) + key2
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    out = np.full((len(uniq), q), q, dtype=np.int32)
+    padded = np.concatenate([sig, np.full((1, q), q, dtype=np.int32)])
+    out[:, rest] = padded[key1[first]][:, rest]
+    out[:, states] = sub_sig[key2[first]]
+    rows = inverse.ravel().astype(np.int64)
+    rows[(out == q).all(axis=1)[rows]] = -1
+    rows[~vocab.has_bytes] = -1
+    return out, rows
 
 
-def build_costs(table: np.ndarray, q: int, vocab: _Vocab) -> tuple[float, float]:
-    """Rough seconds (this machine's numpy) of the sparse trie walk and of the dense walk for the
-    byte DFA ``table``. A state that reads most first bytes (inside a string) keeps nearly every
-    trie node alive in the sparse walk; the dense walk costs states x vocabulary bytes."""
+# one JSON string character, as every JSON string value is written (the JSON Schema compiler's CHAR)
+JSON_CHAR = (
+    r"(?:[^\x22\x5c\x00-\x1f]|\x5c[\x22\x5c/bfnrt]|\x5cu(?:[0-9a-cA-CefEF][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))"
+)
+
+
+@dataclass(frozen=True)
+class _StringWalk:
+    """Every token read from inside a JSON string: ``end_state[t]`` is the string's state after it
+    (-1: it closes the string or breaks it), ``exit_tokens`` those that close it, with the bytes
+    after the closing quote in ``suffixes`` (``suffix_len`` of them); ``table`` is the string's
+    byte DFA and ``inside`` its state just after the opening quote."""
+
+    table: np.ndarray
+    inside: int
+    n_states: int
+    end_state: np.ndarray
+    exit_tokens: np.ndarray
+    suffixes: np.ndarray
+    suffix_len: np.ndarray
+
+
+def _string_states(table: np.ndarray, q: int, vocab: _Vocab) -> dict[int, np.ndarray]:
+    """The states of ``table`` inside a JSON string (every byte but the closing quote leads
+    where the canonical JSON string's DFA leads), each with the map from the canonical string's
+    states to its own."""
+    walk = vocab.string_walk()
+    t0, q0 = walk.table, walk.table.shape[0] - 1
+    out: dict[int, np.ndarray] = {}
+    candidates = np.nonzero((table[:q, 0x22] != q) & ((table[:q] != q).sum(axis=1) > 128))[0]
+    for x in candidates.tolist():
+        m = np.full(walk.n_states, -1, dtype=np.int64)
+        m[walk.inside] = x
+        todo, ok = [walk.inside], True
+        while todo and ok:
+            c = todo.pop()
+            row0, row = t0[c].copy(), table[m[c]].copy()
+            if c == walk.inside:
+                row0[0x22], row[0x22] = q0, q  # the closing quote leaves the string: anything may follow
+            if not np.array_equal(row0 == q0, row == q):
+                ok = False
+                break
+            for c2, x2 in set(zip(row0[row0 != q0].tolist(), row[row != q].tolist())):
+                if m[c2] < 0:
+                    m[c2] = x2
+                    todo.append(c2)
+                elif m[c2] != x2:
+                    ok = False
+                    break
+        if ok:  # every state the string reaches without closing is mapped
+            out[x] = m.astype(np.int32)
+    return out
+
+
+def build_costs(table: np.ndarray, q: int, vocab: _Vocab, walked: np.ndarray | None = None) -> tuple[float, float]:
+    """Rough seconds (this machine's numpy) of the sparse trie walk from the states ``walked``
+    (default all; the others are read from the string walk) and of the dense walk for the byte
+    DFA ``table``. A state that reads most first bytes keeps nearly every trie node alive in the
+    sparse walk; the dense walk costs states x vocabulary bytes."""
     if q == 0:
         return 0.0, 0.0
-    live = float((table[:q][:, vocab.first_bytes] != q).mean(axis=1).sum())
-    return live * vocab.n_nodes * 1.2e-7, 0.05 + q * vocab.n_bytes * 3e-9
+    rows = table[:q] if walked is None else table[walked]
+    live = float((rows[:, vocab.first_bytes] != q).mean(axis=1).sum()) if len(rows) else 0.0
+    strings = 0.0 if walked is None else (q - len(walked)) * 0.004
+    return live * vocab.n_nodes * 1.2e-7 + strings, 0.05 + q * vocab.n_bytes * 3e-9
 
 
 def automaton_seconds(pattern: str, tokenizer: Tokenizer) -> float:
@@ -497,7 +616,9 @@ def automaton_seconds(pattern: str, tokenizer: Tokenizer) -> float:
     if ("regex:" + pattern, tokenizer.identity) in _AUTOMATA:
         return 0.0
     table, _start, _accept = byte_dfa(pattern)
-    return min(build_costs(table, table.shape[0] - 1, _vocab_for(tokenizer)))
+    q, vocab = table.shape[0] - 1, _vocab_for(tokenizer)
+    inside = _string_states(table, q, vocab)
+    return min(build_costs(table, q, vocab, np.array([x for x in range(q) if x not in inside], dtype=np.int64)))
 
 
 def _dense_signatures(table: np.ndarray, q: int, vocab: _Vocab, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

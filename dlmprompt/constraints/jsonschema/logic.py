@@ -60,6 +60,7 @@ class _Rewriter:
         self.ctx = Context(root, None, False, None)
         schema_uri = str(root.get("$schema", "")) if isinstance(root, dict) else ""
         self.draft4 = bool(re.search(r"draft-0[34]", schema_uri))
+        self.before7 = bool(re.search(r"draft-0[3-6]", schema_uri))  # no if / then / else yet: annotations
         self.tuple_items = bool(re.search(r"draft-0[3-7]|2019-09", schema_uri))
         self.depth = 0
 
@@ -97,7 +98,7 @@ class _Rewriter:
         if "not" in out:
             extra.append(self.negate(out.pop("not"), f"{path}/not"))
         cond, then, other = out.pop("if", None), out.pop("then", None), out.pop("else", None)
-        if cond is not None and (then is not None or other is not None):
+        if cond is not None and (then is not None or other is not None) and not self.before7:
             then = True if then is None else then
             other = True if other is None else other
             if other is True:

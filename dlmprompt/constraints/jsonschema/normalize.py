@@ -245,7 +245,21 @@ def disjoint(ctx: Context, branches: list[Any], path: str) -> bool:
     return True
 
 
+def _forbids(schema: dict[str, Any], key: str) -> bool:
+    """Whether an object valid under ``schema`` cannot have the property ``key``."""
+    props = schema.get("properties") or {}
+    if key in props:
+        return props[key] is False
+    return schema.get("additionalProperties", True) is False and not schema.get("patternProperties")
+
+
 def _discriminated(ctx: Context, a: dict[str, Any], b: dict[str, Any], path: str) -> bool:
+    if types_of(a) & types_of(b) <= {"object"}:  # objects only: a key one requires and the other forbids
+        ra, rb = a.get("required") or [], b.get("required") or []
+        if any(isinstance(k, str) and _forbids(b, k) for k in ra) or any(
+            isinstance(k, str) and _forbids(a, k) for k in rb
+        ):
+            return True
     pa, pb = a.get("properties") or {}, b.get("properties") or {}
     for key in set(pa) & set(pb) & set(a.get("required") or []) & set(b.get("required") or []):
         sa, _ = resolve(ctx, pa[key], path)

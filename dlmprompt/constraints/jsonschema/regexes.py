@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dlmprompt.constraints.automaton import escape_literal
+from dlmprompt.constraints.automaton import JSON_CHAR, escape_literal
 
 try:  # Python 3.11+
     import re._parser as _sre_parse  # type: ignore[import-not-found]
@@ -21,8 +21,9 @@ QUOTE = escape_literal('"')
 BACKSLASH = escape_literal("\\")
 
 
-# one JSON string character: unescaped, a short escape, or a \u escape of a non-surrogate
-CHAR = r"(?:[^\x22\x5c\x00-\x1f]|\x5c[\x22\x5c/bfnrt]|\x5cu(?:[0-9a-cA-CefEF][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2}))"
+# one JSON string character: unescaped, a short escape, or a \u escape of a non-surrogate (the
+# token automata read values of this shape from a walk precomputed per tokenizer)
+CHAR = JSON_CHAR
 
 
 STRING = f"{QUOTE}{CHAR}*{QUOTE}"

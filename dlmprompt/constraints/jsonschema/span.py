@@ -190,8 +190,14 @@ def _typed(t: str, schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
                 break
             chosen.add(key)
         obj: dict[str, Any] = {}
+        extra_ok = schema.get("additionalProperties", True) is not False and not schema.get("patternProperties")
+        if extra_ok:  # minProperties past the named properties: filler names
+            fill = iter(f"p{i}" for i in range(n))
+            while len(chosen) < n:
+                chosen.add(next(fill))
         # llguidance writes named properties in the schema's order, then the others
-        for key in [*[k for k in props if k in chosen], *[k for k in required if k not in props]]:
+        fillers = sorted(k for k in chosen if k not in props and k not in required)
+        for key in [*[k for k in props if k in chosen], *[k for k in required if k not in props], *fillers]:
             sub = props.get(key, schema.get("additionalProperties", {}))
             c = _candidates(sub if sub is not False else {}, root, depth + 1)
             obj[key] = c[0] if c else None
