@@ -349,6 +349,13 @@ def _lay_out_json(
     if refusal is not None:
         raise SchemaError(refusal.reason, path=refusal.path, slot=part.name) from None
     assert template is not None
+    if slow and _build_seconds(template, tok) > TEMPLATE_REFUSE_S:
+        raise SchemaError(
+            f"{slow}, and the context-free span cannot take this schema either: simplify the schema (fewer "
+            "branches in its unions, shorter length bounds) or use a smaller vocabulary",
+            path="/",
+            slot=part.name,
+        )
     for k, piece in enumerate(template.parts):
         if isinstance(piece, str):
             toks = tok.encode(piece)
@@ -393,6 +400,7 @@ def _lay_out_json(
 
 
 TEMPLATE_BUILD_BUDGET_S = 1.0  # a template whose token automata take longer to build becomes a span
+TEMPLATE_REFUSE_S = 20.0  # ... and one that would take longer than this, with no span to take it, is refused
 TEMPLATE_REGEX_BUDGET = 24_000  # characters of hole regexes: past this, building is slow whatever the vocabulary
 
 
@@ -412,6 +420,19 @@ def _slow_template(template: Any, tok: Tokenizer) -> str | None:
         if total > TEMPLATE_BUILD_BUDGET_S:
             return f"the template's automata would take about {total:.1f} s or more to build at this vocabulary"
     return None
+
+
+def _build_seconds(template: Any, tok: Tokenizer) -> float:
+    """The estimated seconds to build the template's token automata (infinite past the regex size
+    budget several times over)."""
+    from dlmprompt.constraints.automaton import automaton_seconds
+
+    if sum(len(h.regex) for h in template.holes) > 4 * TEMPLATE_REGEX_BUDGET:
+        return float("inf")
+    try:
+        return sum(automaton_seconds(h.regex, tok) for h in template.holes)
+    except (ValueError, RuntimeError, CompileError):
+        return 0.0
 
 
 def _marks_grounding(schema: Any) -> bool:

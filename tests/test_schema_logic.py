@@ -15,6 +15,7 @@ from dlmprompt import Prompt, compile, slot
 from dlmprompt.compiler import json_accepts
 from dlmprompt.constraints.jsonschema import SchemaError, compile_schema, texts_for
 from dlmprompt.constraints.jsonschema.logic import negate_of, not_strings_pattern, positive
+from dlmprompt.constraints.jsonschema.regexes import STRING
 
 KEYS = "abc"
 
@@ -254,6 +255,7 @@ def test_slow_templates_become_the_context_free_span(byte_tok, monkeypatch):
         r"(?:[\s\S])*",
         r"(?:ab|cd|é+)",
         r'\["x"(?:,"x"){0,5}\]',
+        r'\{"a":' + STRING + r'(?:,"b":' + STRING + r')?(?:,"c":\[(?:' + STRING + r"(?:," + STRING + r")*)?\])?\}",
     ],
 )
 def test_sparse_and_dense_token_walks_agree(pattern):
@@ -263,20 +265,31 @@ def test_sparse_and_dense_token_walks_agree(pattern):
 
     from dlmprompt import load
     from dlmprompt.constraints import automaton as A
+    from dlmprompt.constraints import tokenwalk as W
     from dlmprompt.tokenizer import qwen25_tokenizer
 
     for tok in (qwen25_tokenizer(), load().tokenizer):
-        table, start, accept = A.byte_dfa(A.checked_pattern(pattern, None))
+        table, start, accept = W.byte_dfa(A.checked_pattern(pattern, None))
         q = table.shape[0] - 1
-        vocab = A._vocab_for(tok)
+        vocab = W.vocabulary_for(tok)
         every = np.arange(q)
-        dense = A._from_signatures(*A._dense_signatures(table, q, vocab, every), start, accept[:q], q, "")
+        dense = A._from_signatures(*W.dense_signatures(table, q, vocab, every), start, accept[:q], q, "")
+        walked = A._from_signatures(*W.signatures(table, q, vocab), start, accept[:q], q, "")
         t, s, d = vocab.walk(table, q, every)
-        sig, row = A._sparse_signatures(t, s, d, q, vocab.size)
+        sig, row = W.sparse_signatures(t, s, d, q, vocab.size)
         for dup, same in vocab.duplicates:
             row[dup] = row[same]
         sparse = A._from_signatures(sig, row, start, accept[:q], q, "")
-        assert np.array_equal(dense.token_class >= 0, sparse.token_class >= 0)
-        assert (dense.n_classes, dense.n_states, dense.start) == (sparse.n_classes, sparse.n_states, sparse.start)
-        ids = np.nonzero(dense.token_class >= 0)[0]
-        assert np.array_equal(dense.next_state[dense.token_class[ids]], sparse.next_state[sparse.token_class[ids]])
+        for other in (sparse, walked):
+            assert np.array_equal(dense.token_class >= 0, other.token_class >= 0)
+            assert (dense.n_classes, dense.n_states, dense.start) == (other.n_classes, other.n_states, other.start)
+            ids = np.nonzero(dense.token_class >= 0)[0]
+            assert np.array_equal(dense.next_state[dense.token_class[ids]], other.next_state[other.token_class[ids]])
+
+
+def test_nested_overlapping_oneofs_are_refused_before_they_blow_up():
+    schema: dict = {"type": "string"}
+    for _ in range(6):
+        schema = {"oneOf": [schema, {"minLength": 1}, {"maxLength": 3}, {"type": ["string", "null"]}]}
+    with pytest.raises(SchemaError, match="grow past"):
+        positive(schema)

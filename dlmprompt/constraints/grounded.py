@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dlmprompt.constraints.automaton import TokenAutomaton, Walks, byte_dfa, checked_pattern, token_bytes_of
+from dlmprompt.constraints.automaton import TokenAutomaton, Walks, checked_pattern
+from dlmprompt.constraints.tokenwalk import byte_dfa, token_bytes_of
 from dlmprompt.errors import CompileError
 
 if TYPE_CHECKING:

@@ -37,6 +37,7 @@ _SCHEMA_MAP = ("properties", "patternProperties", "definitions", "$defs", "depen
 _TYPES = ("null", "boolean", "object", "array", "string", "number")
 _MAX_ONE_OF = 8  # branches of an overlapping oneOf rewritten as "exactly one"
 _MAX_DEPTH = 24  # $ref levels followed inside one negation
+_MAX_WORK = 4000  # negations one rewrite may compute (nested exactly-one oneOf grows fast)
 
 
 def positive(schema: Any, *, lenient: bool = False) -> Any:
@@ -63,6 +64,7 @@ class _Rewriter:
         self.before7 = bool(re.search(r"draft-0[3-6]", schema_uri))  # no if / then / else yet: annotations
         self.tuple_items = bool(re.search(r"draft-0[3-7]|2019-09", schema_uri))
         self.depth = 0
+        self.work = 0
 
     # ------------------------------------------------------------------ the whole tree
 
@@ -150,6 +152,13 @@ class _Rewriter:
 
     def negate(self, schema: Any, path: str) -> Any:
         """A positive schema of the values ``schema`` rejects."""
+        self.work += 1
+        if self.work > _MAX_WORK:
+            raise SchemaError(
+                f"the logic keywords of this schema grow past {_MAX_WORK} negations when rewritten "
+                "(nested overlapping oneOf or not); simplify them",
+                path=path,
+            )
         if schema is True:
             return False
         if schema is False:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dlmprompt.constraints.automaton import JSON_CHAR, escape_literal
+from dlmprompt.constraints.automaton import escape_literal
+from dlmprompt.constraints.tokenwalk import JSON_CHAR
 
 try:  # Python 3.11+
     import re._parser as _sre_parse  # type: ignore[import-not-found]
