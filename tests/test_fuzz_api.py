@@ -23,6 +23,7 @@ def test_fuzzing_every_route_finds_no_server_error(tmp_path) -> None:  # type: i
         text=True,
         check=False,
     )
+    assert out.exists(), f"fuzz_api.py exited {run.returncode} without figures: {run.stderr[-3000:]}"
     figures = json.loads(out.read_text())
     assert figures["server_errors"] == 0 and figures["bad_error_shape"] == 0 and figures["timeouts"] == 0, figures[
         "failures"
