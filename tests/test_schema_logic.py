@@ -56,6 +56,7 @@ leaves = st.one_of(
             {"const": {}},
             {"enum": ["a", 1, None, True, 2.5]},
             {"enum": ["", "ab", "abc"]},
+            {"enum": ["abcdefgh"]},
             {"contains": {"type": "string"}},
             {"uniqueItems": False},
             True,
@@ -181,6 +182,7 @@ def test_compiled_templates_accept_exactly_the_valid_values(schema, vals):
 
 def test_not_strings_pattern():
     p = re.compile(not_strings_pattern(["foo", "fo", "bar"]))
+    assert not p.search("foo") and p.search("foox")
     for s in ["foo", "fo", "bar"]:
         assert not p.search(s)
     for s in ["", "f", "fooo", "ba", "barx", "x\n", "é", "b\u2028"]:

@@ -37,6 +37,7 @@ _SCHEMA_MAP = ("properties", "patternProperties", "definitions", "$defs", "depen
 _TYPES = ("null", "boolean", "object", "array", "string", "number")
 _MAX_ONE_OF = 8  # branches of an overlapping oneOf rewritten as "exactly one"
 _MAX_DEPTH = 24  # $ref levels followed inside one negation
+_MAX_EXCLUDED = 4  # longest string value a negation excludes
 _MAX_WORK = 4000  # negations one rewrite may compute (nested exactly-one oneOf grows fast)
 
 
@@ -275,6 +276,12 @@ class _Rewriter:
             elif ty == "number":
                 out.extend(self._not_numbers(sorted({float(v) for v in vs})))
             elif ty == "string":
+                if max(len(v) for v in vs) > _MAX_EXCLUDED:
+                    raise SchemaError(
+                        f"'not' of string values longer than {_MAX_EXCLUDED} characters is not supported (the "
+                        "automaton of every other string takes exponential time to build)",
+                        path=path,
+                    )
                 out.append({"type": "string", "pattern": not_strings_pattern(vs)})
             elif ty == "object":
                 if len(vs) > 1:
@@ -390,22 +397,26 @@ _ANY = r"(?:.|[\n\r\u2028\u2029])"  # any character, in ECMA and in Python alike
 
 
 def not_strings_pattern(strings: list[str]) -> str:
-    """An anchored ECMA pattern of the strings that are none of ``strings``."""
+    """An anchored ECMA pattern of the strings that are none of ``strings``: one flat alternative
+    per trie node (its path alone when that is not a string of the set, or its path, a character
+    that leads nowhere in the trie, then anything). Flat, because nested alternatives under stars
+    make regex-to-DFA construction exponential."""
     trie: dict[str, Any] = {}
     for s in strings:
         node = trie
         for ch in s:
             node = node.setdefault(ch, {})
         node[""] = {}
-
-    def build(node: dict[str, Any]) -> str:
+    alts: list[str] = []
+    todo: list[tuple[str, dict[str, Any]]] = [("", trie)]
+    while todo:
+        path, node = todo.pop()
         kids = sorted(c for c in node if c)
-        alts = [] if "" in node else [""]
-        alts.append((_class_not(kids) if kids else _ANY) + _ANY + "*")
-        alts.extend(_escape(c) + build(node[c]) for c in kids)
-        return "(?:" + "|".join(alts) + ")"
-
-    return "^" + build(trie) + "$"
+        if "" not in node:
+            alts.append(path)
+        alts.append(path + (_class_not(kids) if kids else _ANY) + _ANY + "*")
+        todo.extend((path + _escape(c), node[c]) for c in reversed(kids))
+    return "^(?:" + "|".join(alts) + ")$"
 
 
 __all__ = ["negate_of", "not_strings_pattern", "positive"]
