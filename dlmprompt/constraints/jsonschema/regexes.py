@@ -339,3 +339,14 @@ def _need(r: str | None) -> str:
     if r is None:
         raise ValueError("a character class with no printable character")
     return r
+
+
+def trie_of(strings: list[str]) -> dict[str, Any]:
+    """``strings`` as a character trie of nested dicts; the key ``""`` marks where a string ends."""
+    trie: dict[str, Any] = {}
+    for text in strings:
+        node = trie
+        for ch in text:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+    return trie

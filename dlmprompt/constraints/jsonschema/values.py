@@ -44,6 +44,7 @@ from dlmprompt.constraints.jsonschema.regexes import (
     int_range,
     lit,
     pattern_regex,
+    trie_of,
 )
 
 
@@ -93,12 +94,7 @@ def object_items(
 
 def _not_names(names: list[str]) -> str:
     """A JSON string (no escapes) whose content is none of ``names``."""
-    trie: dict[str, Any] = {}
-    for n in names:
-        node = trie
-        for ch in n:
-            node = node.setdefault(ch, {})
-        node[""] = {}
+    trie = trie_of(names)
 
     def build(node: dict[str, Any]) -> str:
         kids = [c for c in node if c]
