@@ -407,32 +407,31 @@ TEMPLATE_REGEX_BUDGET = 24_000  # characters of hole regexes: past this, buildin
 def _slow_template(template: Any, tok: Tokenizer) -> str | None:
     """Why the template's token automata are too slow to build (their estimated seconds past
     :data:`TEMPLATE_BUILD_BUDGET_S`: huge regions at a large vocabulary), or None."""
-    from dlmprompt.constraints.automaton import automaton_seconds
-
     if sum(len(h.regex) for h in template.holes) > TEMPLATE_REGEX_BUDGET:
         return "the template's regular expressions are too large to build quickly"
+    seconds = _build_seconds(template, tok, stop_at=TEMPLATE_BUILD_BUDGET_S)
+    if seconds > TEMPLATE_BUILD_BUDGET_S:
+        return f"the template's automata would take about {seconds:.1f} s or more to build at this vocabulary"
+    return None
+
+
+def _build_seconds(template: Any, tok: Tokenizer, stop_at: float = float("inf")) -> float:
+    """The estimated seconds to build the template's token automata, summed until past
+    ``stop_at`` (infinite past the regex size budget several times over; 0 when a regex is bad,
+    which :func:`regex_automaton` then reports)."""
+    from dlmprompt.constraints.automaton import automaton_seconds
+
+    if sum(len(h.regex) for h in template.holes) > 4 * TEMPLATE_REGEX_BUDGET:
+        return float("inf")
     total = 0.0
     for hole in template.holes:
         try:
             total += automaton_seconds(hole.regex, tok)
         except (ValueError, RuntimeError, CompileError):
-            return None  # regex_automaton reports it
-        if total > TEMPLATE_BUILD_BUDGET_S:
-            return f"the template's automata would take about {total:.1f} s or more to build at this vocabulary"
-    return None
-
-
-def _build_seconds(template: Any, tok: Tokenizer) -> float:
-    """The estimated seconds to build the template's token automata (infinite past the regex size
-    budget several times over)."""
-    from dlmprompt.constraints.automaton import automaton_seconds
-
-    if sum(len(h.regex) for h in template.holes) > 4 * TEMPLATE_REGEX_BUDGET:
-        return float("inf")
-    try:
-        return sum(automaton_seconds(h.regex, tok) for h in template.holes)
-    except (ValueError, RuntimeError, CompileError):
-        return 0.0
+            return 0.0
+        if total > stop_at:
+            break
+    return total
 
 
 def _marks_grounding(schema: Any) -> bool:

@@ -35,6 +35,7 @@ _ONE_SCHEMA = ("items", "additionalItems", "additionalProperties", "contains", "
 _ONE_SCHEMA += ("then", "else", "unevaluatedItems", "unevaluatedProperties")
 _SCHEMA_LIST = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
 _SCHEMA_MAP = ("properties", "patternProperties", "definitions", "$defs", "dependentSchemas")
+_LOGIC = ("not", "if", "then", "else", "dependencies", "dependentRequired", "dependentSchemas", "oneOf")
 _TYPES = ("null", "boolean", "object", "array", "string", "number")
 _MAX_ONE_OF = 8  # branches of an overlapping oneOf rewritten as "exactly one"
 _MAX_DEPTH = 24  # $ref levels followed inside one negation
@@ -58,13 +59,11 @@ def negate_of(schema: Any, root: Any = None) -> Any:
 
 class _Rewriter:
     def __init__(self, root: Any, lenient: bool = False) -> None:
-        self.root = root
         self.lenient = lenient
         self.ctx = Context(root, None, False, None)
         schema_uri = str(root.get("$schema", "")) if isinstance(root, dict) else ""
         self.draft4 = bool(re.search(r"draft-0[34]", schema_uri))
         self.before7 = bool(re.search(r"draft-0[3-6]", schema_uri))  # no if / then / else yet: annotations
-        self.tuple_items = bool(re.search(r"draft-0[3-7]|2019-09", schema_uri))
         self.depth = 0
         self.work = 0
 
@@ -93,9 +92,7 @@ class _Rewriter:
 
     def _local(self, node: dict[str, Any], path: str) -> dict[str, Any]:
         """One node's logic keywords as conjuncts under ``allOf`` (its children are rewritten)."""
-        if not any(k in node for k in ("not", "if", "then", "else", "dependencies", "dependentRequired")) and not (
-            "dependentSchemas" in node or "oneOf" in node
-        ):
+        if not any(k in node for k in _LOGIC):
             return node
         out = dict(node)
         extra: list[Any] = []
@@ -236,7 +233,7 @@ class _Rewriter:
         handled = {"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
         handled |= {"minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"}
         handled |= {"properties", "required", "anyOf", "allOf", "contains"}
-        rest = sorted(k for k in keys - handled if _is_validation(k))
+        rest = sorted(k for k in keys - handled if k in _VALIDATION)
         if rest:
             raise SchemaError(
                 f"'not' of a schema with {rest[0]!r} is not supported (no positive schema holds the values it "
@@ -367,10 +364,6 @@ _VALIDATION = {
     "minContains", "maxContains", "patternProperties", "additionalProperties", "propertyNames",
     "unevaluatedItems", "unevaluatedProperties", "$dynamicRef", "$recursiveRef", "contentSchema",
 }  # fmt: skip
-
-
-def _is_validation(key: str) -> bool:
-    return key in _VALIDATION
 
 
 _SPECIAL = set("\\^$.|?*+()[]{}/-")
