@@ -139,16 +139,32 @@ def compile(spec: Prompt | dict[str, Any] | str, tokenizer: Any, **options: Any)
         raise CompileError(f"unknown compile option(s) {unknown}; options are {sorted(_OPTIONS)}")
     prompt = _as_prompt(spec)
     tok = as_tokenizer(tokenizer)
-    key = (prompt.model_dump_json(), tok.identity, json.dumps(options, sort_keys=True, default=str))
+    hit = cached_program(prompt, tok, options)
+    if hit is not None:
+        return hit
+    program = _compile(prompt, tok, options)
+    remember_program(prompt, tok, options, program)
+    return program
+
+
+def _cache_key(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> tuple[str, str, str]:
+    return (prompt.model_dump_json(), tok.identity, json.dumps(options, sort_keys=True, default=str))
+
+
+def cached_program(prompt: Prompt, tokenizer: Any, options: dict[str, Any]) -> Program | None:
+    """The program :func:`compile` made for these arguments recently, if it still holds it."""
+    key = _cache_key(prompt, as_tokenizer(tokenizer), options)
     hit = _PROGRAMS.get(key)
     if hit is not None:
         _PROGRAMS.move_to_end(key)
-        return hit
-    program = _compile(prompt, tok, options)
-    _PROGRAMS[key] = program
+    return hit
+
+
+def remember_program(prompt: Prompt, tokenizer: Any, options: dict[str, Any], program: Program) -> None:
+    """Keep a program compiled elsewhere (a compile worker) for :func:`compile` to return."""
+    _PROGRAMS[_cache_key(prompt, as_tokenizer(tokenizer), options)] = program
     while len(_PROGRAMS) > _CACHE_SIZE:
         _PROGRAMS.popitem(last=False)
-    return program
 
 
 def _as_prompt(spec: Prompt | dict[str, Any] | str) -> Prompt:

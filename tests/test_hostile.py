@@ -87,3 +87,110 @@ def test_pathological_constraints_answer_or_refuse_cleanly(client, extra) -> Non
     else:
         assert isinstance(resp.json()["choices"][0]["text"], str)
     assert client.get("/health").json()["status"] == "ok"
+
+
+# ------------------------------------------------------------------ compile budgets
+SLOW = "[ab]*a[ab]{16}"  # a 2^16-state DFA: minutes to build (35 s at {14}, ×10 per step)
+
+
+@pytest.fixture(scope="module")
+def budgeted():  # type: ignore[no-untyped-def]
+    from dlmprompt.serving.protocol import Limits
+    from dlmprompt.serving.server import background
+
+    with background(RandomDenoiser(TOK), limits=Limits(compile_seconds=3.0, compile_memory_mb=2048)) as srv:
+        yield srv
+
+
+def test_a_slow_compile_is_stopped_at_the_budget_and_blocks_nobody(budgeted) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    import httpx
+
+    pool = budgeted.app.state.server.compiler
+    before = dict(pool.stats)
+    slow: dict[str, httpx.Response] = {}
+    body = {"model": "x", "prompt": "a", "regex": SLOW, "max_tokens": 20}
+    thread = threading.Thread(
+        target=lambda: slow.update(r=httpx.post(f"{budgeted.url}/v1/completions", json=body, timeout=60))
+    )
+    thread.start()
+    thread.join(0.3)  # let the slow one take a worker first
+    # a cheap request compiles in the other worker and finishes while the slow one still compiles
+    fast = httpx.post(
+        f"{budgeted.url}/v1/completions",
+        json={"model": "x", "prompt": "a", "regex": "[0-9]{2}", "max_tokens": 4},
+        timeout=60,
+    )
+    assert fast.status_code == 200 and thread.is_alive(), fast.text
+    thread.join(60)
+    _refused(slow["r"], 400, "compile budget of 3 s (compile_seconds)")
+    assert slow["r"].json()["error"]["code"] == "compile_timeout"
+    assert pool.stats["timeouts"] == before["timeouts"] + 1
+    assert httpx.get(f"{budgeted.url}/health").json()["status"] == "ok"
+
+
+def test_a_compile_past_the_memory_budget_is_refused() -> None:
+    import asyncio
+
+    from dlmprompt.serving.compiling import CompileBudgetError, CompilePool
+
+    pool = CompilePool(TOK, workers=1, time_s=60, memory_mb=64)
+    try:
+        big = Prompt("a") + slot("a", regex="[ab]*a[ab]{13}", max_tokens=20)
+        with pytest.raises(CompileBudgetError, match="compile memory budget of 64 MB") as err:
+            asyncio.run(pool.compile(big))
+        assert err.value.limit == "memory" and pool.stats["memory"] == 1
+        small = asyncio.run(pool.compile(Prompt("b") + slot("a", regex="[0-9]{2}", max_tokens=4)))  # a fresh worker
+        assert len(small.layout) > 0 and pool.workers_started == 2
+    finally:
+        pool.close()
+
+
+def test_a_client_that_leaves_stops_its_compile(budgeted) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    import httpx
+
+    pool = budgeted.app.state.server.compiler
+    before = pool.stats["abandoned"]
+    body = {"model": "x", "prompt": "c", "regex": SLOW, "max_tokens": 20}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{budgeted.url}/v1/completions", json=body, timeout=0.5)
+    t = time.monotonic()
+    while pool.stats["abandoned"] == before and time.monotonic() - t < 30:
+        time.sleep(0.05)
+    assert pool.stats["abandoned"] == before + 1
+    assert all(w.proc.is_alive() for w in pool._idle)  # the killed worker is not handed out again
+
+
+def test_a_program_compiled_in_a_worker_runs_like_one_compiled_here() -> None:
+    import asyncio
+
+    import torch
+
+    from dlmprompt.compiler import _PROGRAMS
+    from dlmprompt.sampling.sampler import generate
+    from dlmprompt.serving.compiling import CompilePool
+
+    prompt = (
+        Prompt("Order: ")
+        + slot("qty", regex="[1-9][0-9]?", max_tokens=2)
+        + Prompt(" ")
+        + slot("item", schema={"type": "object", "properties": {"n": {"enum": ["tea", "cake"]}}, "required": ["n"]})
+    )
+    pool = CompilePool(TOK, workers=1, time_s=30)
+    try:
+        _PROGRAMS.clear()
+        remote = asyncio.run(pool.compile(prompt))
+        assert pool.stats["compiled"] == 1 and pool.workers_started == 1
+        _PROGRAMS.clear()
+        local = compile(prompt, TOK)
+        assert remote is not local and remote.tokenizer is TOK
+        assert remote.layout.canvas.tolist() == local.layout.canvas.tolist()
+        den = RandomDenoiser(TOK)
+        a = generate(den, remote, generator=torch.Generator().manual_seed(3))
+        b = generate(den, local, generator=torch.Generator().manual_seed(3))
+        assert a.text == b.text and a.captures["item"].value == b.captures["item"].value
+    finally:
+        pool.close()

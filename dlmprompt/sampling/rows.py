@@ -6,7 +6,7 @@ the device path (:mod:`.devicepath`), the batching engine and block diffusion al
 from __future__ import annotations
 
 import weakref
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -556,6 +556,30 @@ def row_generators(generator: Any, n: int) -> list[torch.Generator]:
     if len(gens) != n or not all(isinstance(g, torch.Generator) for g in gens):
         raise ValueError(f"generator= takes one torch.Generator or a list of {n} (one per program)")
     return gens
+
+
+class NonFiniteLogits(BackendError):
+    """The model returned no finite logit (all NaN / inf) at a position the row still has masked."""
+
+
+def check_finite(denoiser: Any, logits: torch.Tensor, owners: Sequence[tuple[Row, bool]]) -> None:
+    """Raise :class:`NonFiniteLogits` when a row's logits at one of its masked positions hold no
+    finite value (sampling from them would commit arbitrary, if valid, tokens). A few NaN or
+    -inf tokens among finite ones are scored as impossible, as before."""
+    bad = ~torch.isfinite(logits).any(-1)  # [rows, width]
+    if not bool(bad.any()):
+        return
+    bad_np = bad.cpu().numpy()
+    hit = []
+    for i, (r, uncond) in enumerate(owners):
+        at = np.nonzero(bad_np[i, : len(r.canvas)] & r.masked())[0]
+        if len(at):
+            hit.append(f"row {r.row}{' (unconditional pass)' if uncond else ''} at positions {at[:5].tolist()}")
+    if hit:
+        raise NonFiniteLogits(
+            f"{describe(denoiser)} returned NaN or infinite logits only ({'; '.join(hit[:3])}); nothing was committed. "
+            "A half-precision model can overflow: try dtype=torch.float32 or bfloat16"
+        )
 
 
 def check_logits(denoiser: Any, logits: Any, rows: int, width: int, v: int) -> None:

@@ -26,7 +26,7 @@ from dlmprompt.compiler import Program, compile
 from dlmprompt.denoiser import describe
 from dlmprompt.errors import BackendError
 from dlmprompt.sampling.events import Step
-from dlmprompt.sampling.rows import Row, check_logits, drive, row_generators
+from dlmprompt.sampling.rows import Row, check_finite, check_logits, drive, row_generators
 from dlmprompt.spec import Prompt
 
 
@@ -160,6 +160,7 @@ def _host_forward_step(denoiser: Any, active: Sequence[Row], finished: list[Step
     with torch.no_grad():
         logits = denoiser(ids_t, att_t)
     check_logits(denoiser, logits, len(seqs), width, first.tokenizer.vocab_size)
+    check_finite(denoiser, logits, owners)
     by_row: dict[int, list[torch.Tensor]] = {}
     for i, (r, _uncond) in enumerate(owners):
         by_row.setdefault(id(r), []).append(logits[i, : len(r.canvas)])

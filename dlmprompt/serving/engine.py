@@ -31,6 +31,11 @@ from dlmprompt.sampling.rows import Row, row_generators
 from dlmprompt.sampling.sampler import forward_step
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return isinstance(exc, MemoryError) or (oom is not None and isinstance(exc, oom))
+
+
 class QueueFull(DLMPromptError):
     """The engine holds ``max_queue`` jobs already; retry later."""
 
@@ -63,6 +68,7 @@ class EngineStats:
     rows_sum: int = 0  # rows over all shared forward passes: mean batch = rows_sum / forward_passes
     steps: int = 0  # denoising steps over all rows
     busy_s: float = 0.0  # time spent in forward_step
+    out_of_memory: int = 0  # shared passes that ran out of memory (then split, the batch cap halved)
     recent: collections.deque[tuple[float, int]] = field(default_factory=lambda: collections.deque(maxlen=256))
 
     def steps_per_s(self) -> float:
@@ -90,6 +96,8 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.stats = EngineStats()
+        self._cap = max_batch  # rows per pass; halved after running out of memory, regrown later
+        self._good = 0
         self._pending: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._cond = threading.Condition()
@@ -118,6 +126,11 @@ class Engine:
         return len(self._pending)
 
     @property
+    def batch_cap(self) -> int:
+        """Rows per shared pass now: ``max_batch``, or less for a while after running out of memory."""
+        return self._cap
+
+    @property
     def in_flight(self) -> int:
         return len(self._active)
 
@@ -132,7 +145,7 @@ class Engine:
 
     # ------------------------------------------------------------------ worker
     def _admit(self) -> None:
-        while self._pending and len(self._active) < self.max_batch:
+        while self._pending and len(self._active) < min(self.max_batch, self._cap):
             job = self._pending.popleft()
             if job.cancelled:
                 self._finish_cancelled(job)
@@ -161,7 +174,9 @@ class Engine:
                 for job in [j for j in self._active if j.cancelled]:
                     self._active.remove(job)
                     self._finish_cancelled(job)
-                batch = list(self._active)
+                batch = self._active[: self._cap]
+                if len(self._active) > self._cap:  # fewer rows per pass since memory ran out: take turns
+                    self._active = self._active[self._cap :] + batch
             if not batch:
                 continue
             steps = self._forward(batch)
@@ -194,19 +209,33 @@ class Engine:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
                 return [(batch[0], None)]
-            # one row broke the shared pass: run each alone so that only the guilty job fails
-            # (rows that stepped before the failure keep that step and are not stepped again)
+            if _out_of_memory(exc):  # admit fewer rows per pass for a while
+                self._cap = max(1, len(batch) // 2)
+                self._good = 0
+                self.stats.out_of_memory += 1
+            # a row (or the batch's size) broke the shared pass: run each half alone, so that only
+            # the guilty job fails and a batch too big for memory is split; rows that stepped
+            # before the failure keep that step and are not stepped again
             done = exc.__dict__.pop("dlmprompt_steps", {})
             out: list[tuple[Job, Step | None]] = []
+            again: list[Job] = []
             for job in batch:
                 if id(job.row) in done:
                     out.append((job, done[id(job.row)]))
                 elif job.row.done:  # type: ignore[union-attr]
                     out.append((job, None))
                 else:
-                    out.extend(self._forward([job]))
+                    again.append(job)
+            half = (len(again) + 1) // 2
+            for part in (again[:half], again[half:]) if len(again) > 1 else (again,):
+                if part:
+                    out.extend(self._forward(part))
             return out
         self._count(len(batch), t)
+        if self._cap < self.max_batch:
+            self._good += 1
+            if self._good >= 64:  # memory was short once: try twice the rows again
+                self._cap, self._good = min(self.max_batch, self._cap * 2), 0
         return list(zip(batch, steps))
 
     def _count(self, rows: int, t0: float) -> None:

@@ -30,6 +30,8 @@ class Limits:
     max_grammar_chars: int = 100_000  # a JSON schema, regex, choice list or Lark grammar, as JSON text
     max_steps: int = 1024
     max_tokens: int = 1024  # a free-text / regex / choice answer, in tokens
+    compile_seconds: float = 10.0  # wall clock for compiling one request's prompt
+    compile_memory_mb: int = 2048  # address space a compile may add to its worker
 
 
 class APIError(Exception):

@@ -1,0 +1,282 @@
+"""Compiling requests' prompts under a time and memory budget, in worker processes.
+
+A request's constraint can be expensive to compile in ways no static check sees in advance
+(``[ab]*a[ab]{14}`` has a 2^14-state DFA: 35 s and climbing ×10 per extra repetition), and part of
+the work runs in native code that no signal interrupts. So :class:`CompilePool` compiles in
+worker processes forked from the server:
+
+* each compile gets ``time_s`` of wall clock, after which its worker is killed (and replaced)
+  and the request refused with :class:`CompileBudgetError` naming the limit;
+* each worker has an address-space limit of ``memory_mb`` above its size at start; a compile that
+  needs more fails inside the worker (``MemoryError``) or kills it, and is refused the same way;
+* a client that goes away while its prompt compiles has its worker killed at once
+  (:meth:`CompilePool.compile` takes an ``abandoned`` coroutine function to poll);
+* compiles never run on the event loop or the engine thread, so generation and other requests
+  go on while one compiles. With every worker busy a request waits for one (its wait is not
+  counted against its compile budget, and it too is dropped when its client leaves).
+
+Workers are forked (the tokenizer, often closures over a native tokenizer, cannot be pickled to a
+spawned process), hold their own warm caches, and send the compiled program back pickled, with the
+tokenizer passed by reference. The parent keeps :func:`dlmprompt.compiler.compile`'s cache, so a
+repeated prompt does not go to a worker at all. Where ``fork`` is not available (``workers=0`` or
+not Linux) compiles run in a thread of this process, without the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import multiprocessing
+import os
+import pickle
+import stat
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from dlmprompt.compiler import Program, cached_program, compile, remember_program
+from dlmprompt.errors import DLMPromptError
+from dlmprompt.spec import Prompt
+
+
+class CompileBudgetError(DLMPromptError):
+    """A compile went past its time or memory budget (or its client left) and was stopped."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit  # "time" | "memory" | "abandoned"
+
+
+class RemoteCompileError(DLMPromptError):
+    """A compile refused in a worker: the worker's exception, by class name and message."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+_TOKENIZER = "dlmprompt.tokenizer"
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, f: Any, tokenizer: Any) -> None:
+        super().__init__(f, protocol=pickle.HIGHEST_PROTOCOL)
+        self._tok = tokenizer
+
+    def persistent_id(self, obj: Any) -> Any:
+        return _TOKENIZER if obj is self._tok else None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, f: Any, tokenizer: Any) -> None:
+        super().__init__(f)
+        self._tok = tokenizer
+
+    def persistent_load(self, pid: Any) -> Any:
+        if pid != _TOKENIZER:
+            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+        return self._tok
+
+
+def _vm_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _close_inherited_sockets(keep: int) -> None:
+    """The server's listening and client sockets stay with the server, not with its workers."""
+    try:
+        fds = [int(x) for x in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd == keep or fd < 3:
+            continue
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def _worker(conn: Any, tokenizer: Any, memory_bytes: int) -> None:
+    _close_inherited_sockets(conn.fileno())
+    if memory_bytes > 0:
+        import resource
+
+        limit = _vm_bytes() + memory_bytes
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ValueError, OSError):
+            pass
+    while True:
+        try:
+            prompt, options = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            return
+        try:
+            program = compile(prompt, tokenizer, **options)
+            f = io.BytesIO()
+            _Pickler(f, tokenizer).dump(program)
+            reply: tuple[Any, ...] = ("ok", f.getvalue())
+        except MemoryError:
+            conn.send(("memory", ""))
+            return  # the heap may be in any state: let the pool start a fresh worker
+        except DLMPromptError as exc:
+            reply = ("refused", type(exc).__name__, str(exc))
+        except Exception as exc:  # a bug: report it, keep serving
+            reply = ("error", type(exc).__name__, str(exc))
+        try:
+            conn.send(reply)
+        except MemoryError:
+            conn.send(("memory", ""))
+            return
+
+
+class _Worker:
+    def __init__(self, ctx: Any, tokenizer: Any, memory_bytes: int) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(
+            target=_worker, args=(child, tokenizer, memory_bytes), name="dlmprompt-compile", daemon=True
+        )
+        self.proc.start()
+        child.close()
+        self.dead = False
+
+    def kill(self) -> None:
+        self.dead = True
+        try:
+            self.proc.kill()
+            self.proc.join(5)
+        except Exception:
+            pass
+        self.conn.close()
+
+
+class CompilePool:
+    """Worker processes that compile prompts for one tokenizer, each compile bounded."""
+
+    def __init__(self, tokenizer: Any, *, workers: int = 2, time_s: float = 10.0, memory_mb: int = 2048) -> None:
+        if workers < 0 or time_s <= 0 or memory_mb < 0:
+            raise ValueError("workers >= 0, time_s > 0 and memory_mb >= 0 please")
+        self.tokenizer = tokenizer
+        self.time_s = float(time_s)
+        self.memory_mb = int(memory_mb)
+        self.isolated = workers > 0 and sys.platform.startswith("linux")
+        self.size = workers if self.isolated else 0
+        self._ctx = multiprocessing.get_context("fork") if self.isolated else None
+        self._idle: list[_Worker] = []
+        self._started = 0
+        self._free: asyncio.Semaphore | None = None
+        self.stats = {"compiled": 0, "cached": 0, "refused": 0, "timeouts": 0, "memory": 0, "abandoned": 0}
+
+    # ------------------------------------------------------------------ public
+    async def compile(
+        self, prompt: Prompt, *, abandoned: Callable[[], Awaitable[bool]] | None = None, **options: Any
+    ) -> Program:
+        """The compiled program; raises the compiler's own error (or :class:`RemoteCompileError`
+        with its name and message from a worker) or :class:`CompileBudgetError`."""
+        hit = cached_program(prompt, self.tokenizer, options)
+        if hit is not None:
+            self.stats["cached"] += 1
+            return hit
+        if not self.isolated:
+            program = await asyncio.to_thread(compile, prompt, self.tokenizer, **options)
+            self.stats["compiled"] += 1
+            return program
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.size)
+        while True:  # wait for a worker, dropping out when the client leaves
+            try:
+                await asyncio.wait_for(self._free.acquire(), 0.25)
+                break
+            except asyncio.TimeoutError:
+                if abandoned is not None and await abandoned():
+                    self.stats["abandoned"] += 1
+                    raise CompileBudgetError("the client went away", limit="abandoned") from None
+        worker = self._idle.pop() if self._idle else None
+        try:
+            if worker is None or not worker.proc.is_alive():
+                if worker is not None:
+                    worker.kill()
+                worker = _Worker(self._ctx, self.tokenizer, self.memory_mb << 20)
+                self._started += 1
+            program = await self._run(worker, prompt, options, abandoned)
+            remember_program(prompt, self.tokenizer, options, program)
+            self.stats["compiled"] += 1
+            return program
+        finally:
+            if worker is not None and not worker.dead:
+                self._idle.append(worker)
+            self._free.release()
+
+    def close(self) -> None:
+        for w in self._idle:
+            w.kill()
+        self._idle.clear()
+
+    @property
+    def workers_started(self) -> int:
+        return self._started
+
+    # ------------------------------------------------------------------ one compile
+    async def _run(self, worker: _Worker, prompt: Prompt, options: dict[str, Any], abandoned: Any) -> Program:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        fd = worker.conn.fileno()
+        worker.conn.send((prompt, options))  # pickled: JSON text would turn NaN into null
+        loop.add_reader(fd, ready.set)
+        deadline = time.monotonic() + self.time_s
+        try:
+            while not ready.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    worker.kill()
+                    self.stats["timeouts"] += 1
+                    raise CompileBudgetError(
+                        f"compiling took longer than this server's compile budget of {self.time_s:g} s "
+                        "(compile_seconds) and was stopped; simplify the constraint (long counted "
+                        "repetitions after an open-ended part make huge automata)",
+                        limit="time",
+                    )
+                try:
+                    await asyncio.wait_for(ready.wait(), min(left, 0.25))
+                except asyncio.TimeoutError:
+                    if abandoned is not None and await abandoned():
+                        worker.kill()
+                        self.stats["abandoned"] += 1
+                        raise CompileBudgetError("the client went away", limit="abandoned") from None
+        except BaseException:  # our refusals (the worker is killed already) or this task cancelled
+            loop.remove_reader(fd)
+            worker.kill()  # it may still be compiling: never hand it to the next request
+            raise
+        loop.remove_reader(fd)
+        try:
+            reply = await asyncio.to_thread(worker.conn.recv)
+        except (EOFError, OSError):
+            reply = ("died", "")
+        except BaseException:
+            worker.kill()
+            raise
+        kind = reply[0]
+        if kind == "ok":
+            return _Unpickler(io.BytesIO(reply[1]), self.tokenizer).load()
+        if kind in ("memory", "died"):
+            worker.kill()
+            self.stats["memory"] += 1
+            raise CompileBudgetError(
+                f"compiling needed more than this server's compile memory budget of {self.memory_mb} MB "
+                "(compile_memory_mb) and was stopped; simplify the constraint",
+                limit="memory",
+            )
+        if kind == "refused":
+            self.stats["refused"] += 1
+            raise RemoteCompileError(reply[1], reply[2])
+        raise RuntimeError(f"the compile worker failed: {reply[1]}: {reply[2]}")
