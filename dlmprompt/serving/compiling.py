@@ -29,6 +29,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import signal
 import stat
 import sys
 import time
@@ -45,7 +46,7 @@ class CompileBudgetError(DLMPromptError):
 
     def __init__(self, message: str, *, limit: str) -> None:
         super().__init__(message)
-        self.limit = limit  # "time" | "memory" | "abandoned"
+        self.limit = limit  # "time" | "memory" | "abandoned" | "killed"
 
 
 class RemoteCompileError(DLMPromptError):
@@ -175,7 +176,7 @@ class CompilePool:
         self._idle: list[_Worker] = []
         self._started = 0
         self._free: asyncio.Semaphore | None = None
-        self.stats = {"compiled": 0, "cached": 0, "refused": 0, "timeouts": 0, "memory": 0, "abandoned": 0}
+        self.stats = {"compiled": 0, "cached": 0, "refused": 0, "timeouts": 0, "memory": 0, "abandoned": 0, "killed": 0}
 
     # ------------------------------------------------------------------ public
     async def compile(
@@ -268,7 +269,17 @@ class CompilePool:
         kind = reply[0]
         if kind == "ok":
             return _Unpickler(io.BytesIO(reply[1]), self.tokenizer).load()
-        if kind in ("memory", "died"):
+        if kind == "died":
+            worker.proc.join(2)
+            code = worker.proc.exitcode
+            worker.kill()
+            if code not in (-signal.SIGABRT, -signal.SIGSEGV, -signal.SIGBUS, 1):  # killed from outside
+                self.stats["killed"] += 1
+                raise CompileBudgetError(
+                    f"the compile worker was stopped from outside (exit code {code}); retry", limit="killed"
+                )
+            kind = "memory"  # native code that cannot allocate aborts
+        if kind == "memory":
             worker.kill()
             self.stats["memory"] += 1
             raise CompileBudgetError(
