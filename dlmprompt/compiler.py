@@ -22,6 +22,8 @@ from dlmprompt.constraints.automaton import (
     unconstrained_automaton,
 )
 from dlmprompt.errors import CompileError, SchemaError, SpecError
+from dlmprompt.guidance import GuidancePlan
+from dlmprompt.guidance import plan as plan_guidance
 from dlmprompt.spec import AnchorRef, Choice, FreeText, Grammar, Grounded, Json, Prompt, Regex, Sampling, Slot, Text
 from dlmprompt.tokenizer import Tokenizer, as_tokenizer
 
@@ -105,6 +107,7 @@ class Program:
     mask_id: int
     pad_id: int | None
     json_slots: tuple[JsonSpan, ...] = ()
+    guidance: GuidancePlan | None = None  # terms beyond CFG (dlmprompt.guidance); None: none
 
     @property
     def slots(self) -> tuple[SlotLayout, ...]:
@@ -287,7 +290,8 @@ def _compile(prompt: Prompt, tok: Tokenizer, options: dict[str, Any]) -> Program
         slots=tuple(slots),
     )
     schedule = _schedule(layout, sampling, cfg_scale)
-    return Program(prompt, layout, schedule, tok, mask_id, tok.pad_id, tuple(json_spans))
+    guide = plan_guidance(prompt, tok, layout.slot_of, layout.slots)
+    return Program(prompt, layout, schedule, tok, mask_id, tok.pad_id, tuple(json_spans), guide)
 
 
 _LEAF_KINDS = {"string", "integer", "number", "boolean", "null", "enum"}
@@ -656,9 +660,12 @@ def _check_length(part: Slot, auto: TokenAutomaton, n: int) -> None:
 def _describe(part: Slot) -> str:
     c = part.constraint
     if isinstance(c, Regex):
-        return f"its pattern {c.pattern!r}"
+        pattern = c.pattern if len(c.pattern) <= 120 else c.pattern[:117] + "..."
+        return f"its pattern {pattern!r}"
     if isinstance(c, Choice):
-        return f"its choice {list(c.options)!r}"
+        shown = list(c.options[:6])
+        more = f" and {len(c.options) - 6} more" if len(c.options) > 6 else ""
+        return f"its choice {shown!r}{more}"
     return "its text"
 
 

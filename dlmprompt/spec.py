@@ -19,6 +19,7 @@ or with :meth:`Prompt.format`::
 from __future__ import annotations
 
 import keyword
+import math
 import re
 import string
 from collections.abc import Iterable
@@ -152,6 +153,7 @@ class Slot(_Model):
     constraint: Constraint = Field(default_factory=FreeText)
     length: Length
     grounded: Grounded | None = None  # the value is a span of these sources (JSON slots: on Json)
+    guidance: float = Field(default=1.0, ge=0.0, le=10.0)  # scale of the prompt's guidance terms here
 
     @field_validator("name")
     @classmethod
@@ -170,11 +172,60 @@ Strategy = Literal["low_confidence", "margin", "entropy", "random"]
 
 
 class Guidance(_Model):
-    """Guidance terms. ``cfg_scale`` > 0 turns on classifier-free guidance:
-    ``logits = uncond + (cfg_scale + 1) * (cond - uncond)``, the unconditional pass seeing the
-    prompt anchors masked."""
+    """Guidance terms: they reweight the model's logits at slot positions before the constraints
+    are applied, so every output still satisfies its constraint (a term can make an answer
+    unlikely, never impossible).
+
+    * ``cfg_scale`` > 0 turns on classifier-free guidance:
+      ``logits = uncond + (cfg_scale + 1) * (cond - uncond)``, the unconditional pass seeing the
+      prompt anchors masked.
+    * ``bias``: phrase → logit bias, added to the tokens of the phrase as written and after a
+      space (``{"Paris": 2.0}``); ``avoid``: phrases whose tokens get ``avoid_bias`` (-8).
+    * ``token_bias``: token id → bias (OpenAI's ``logit_bias``), each in [-100, 100].
+    * ``copy_from`` / ``copy_bias``: tokens of a source text get ``copy_bias`` (default 1.0): a
+      pull toward copying it.
+    * ``repetition_penalty`` (CTRL-style, >= 1: a token already committed in a slot has its logit
+      divided by it where positive, multiplied where negative), ``frequency_penalty`` (minus this
+      times the token's count in the slots) and ``presence_penalty`` (minus this once the token
+      occurs): against repetition and garbling such as "Londonon".
+
+    A slot's ``guidance=`` scale multiplies every term in that slot (0 turns them off there).
+    """
 
     cfg_scale: float = Field(default=0.0, ge=0.0)
+    bias: dict[str, float] = Field(default_factory=dict)
+    avoid: tuple[str, ...] = ()
+    avoid_bias: float = Field(default=-8.0, ge=-100.0, le=0.0)
+    token_bias: dict[int, float] = Field(default_factory=dict)
+    copy_from: str | None = None
+    copy_bias: float = Field(default=1.0, ge=-100.0, le=100.0)
+    repetition_penalty: float = Field(default=1.0, ge=1.0, le=10.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+
+    @field_validator("bias", "token_bias")
+    @classmethod
+    def _finite_biases(cls, value: dict[Any, float]) -> dict[Any, float]:
+        for key, b in value.items():
+            if not math.isfinite(b) or not -100.0 <= b <= 100.0:
+                raise ValueError(f"bias of {key!r} is {b}; biases are finite, in [-100, 100]")
+        for key in value:
+            if isinstance(key, str) and not key:
+                raise ValueError("a bias phrase is empty")
+        return value
+
+    @property
+    def reweights(self) -> bool:
+        """Whether any term besides classifier-free guidance is on."""
+        return bool(
+            self.bias
+            or self.avoid
+            or self.token_bias
+            or self.copy_from
+            or self.repetition_penalty != 1.0
+            or self.frequency_penalty
+            or self.presence_penalty
+        )
 
 
 class Sampling(_Model):
@@ -328,6 +379,7 @@ def slot(
     lenient: bool = False,
     additional_properties: bool | None = None,
     grounded: Any = None,
+    guidance: float = 1.0,
 ) -> Any:
     """Make a slot.
 
@@ -343,7 +395,12 @@ def slot(
     ``grounded=`` makes the value a span of a source text, exactly, together with the constraint:
     a text, an anchor (a :class:`Text`; a named one is referred to by name), an
     :class:`AnchorRef`, a list of those, or a :class:`Grounded` with options.
+
+    ``guidance=`` scales the prompt's guidance terms (:class:`Guidance`) in this slot: 0 turns
+    them off here, 2 doubles them.
     """
+    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and 0 <= guidance <= 10):
+        raise SpecError(f"slot {name!r}: guidance= is a scale in [0, 10]; got {guidance!r}")
     kwargs = {
         "regex": regex,
         "choice": choice,
@@ -355,6 +412,7 @@ def slot(
         "lenient": lenient,
         "additional_properties": additional_properties,
         "grounded": grounded,
+        "guidance": guidance,
     }
     if name is None:
         return SlotArgs(**kwargs)
@@ -362,7 +420,8 @@ def slot(
         raise SpecError(f"slot {name!r}: give one of regex=, choice=, schema= or grammar=, not several")
     ground = _grounding(name, grounded)
     if schema is not None:
-        return _json_slot(name, schema, max_tokens, tokens, indent, lenient, additional_properties, ground)
+        made = _json_slot(name, schema, max_tokens, tokens, indent, lenient, additional_properties, ground)
+        return made if guidance == 1.0 else made.model_copy(update={"guidance": float(guidance)})
     if ground is not None and grammar is not None:
         raise SpecError(f"slot {name!r}: grounded= works with regex=, choice=, schema= and free text, not grammar=")
     if (max_tokens is None) == (tokens is None):
@@ -389,7 +448,7 @@ def slot(
             length = Length(mode="at_most", tokens=max_tokens)
         else:
             length = Length(mode="exact", tokens=tokens)  # type: ignore[arg-type]
-        return Slot(name=name, constraint=constraint, length=length, grounded=ground)
+        return Slot(name=name, constraint=constraint, length=length, grounded=ground, guidance=guidance)
     except ValidationError as exc:
         raise SpecError(_explain(exc)) from None
 

@@ -194,3 +194,61 @@ def test_a_program_compiled_in_a_worker_runs_like_one_compiled_here() -> None:
         assert a.text == b.text and a.captures["item"].value == b.captures["item"].value
     finally:
         pool.close()
+
+
+def test_derived_steps_are_bounded_like_asked_ones() -> None:
+    from dlmprompt.serving.protocol import Limits
+
+    app = create_app(RandomDenoiser(TOK), limits=Limits(max_steps=20))
+    with TestClient(app) as c:
+        body = {"model": "x", "prompt": "a", "regex": "[a-z]{30}", "max_tokens": 30}
+        _refused(c.post("/v1/completions", json=body), 400, "takes 30 denoising steps; this server allows 20")
+        assert c.post("/v1/completions", json={**body, "regex": "[a-z]{5}", "max_tokens": 5}).status_code == 200
+
+
+def _nested(levels: int, kind: str) -> dict:  # type: ignore[type-arg]
+    schema: dict = {"type": "integer"}  # type: ignore[type-arg]
+    for _ in range(levels):
+        if kind == "object":
+            schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+        else:
+            schema = {"type": "array", "items": schema, "maxItems": 1}
+    return schema
+
+
+@pytest.mark.parametrize(("levels", "kind"), [(300, "object"), (300, "array"), (63, "object"), (126, "array")])
+def test_deeply_nested_schemas_are_refused_or_answered_not_crashed(client, levels, kind) -> None:  # type: ignore[no-untyped-def]
+    fmt = {"type": "json_schema", "json_schema": {"name": "deep", "schema": _nested(levels, kind)}}
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "response_format": fmt}
+    resp = client.post("/v1/chat/completions", json=body)
+    assert resp.status_code in (200, 400), resp.text[:300]
+    if levels == 300:  # past max_nesting: refused before any work
+        _refused(resp, 400, "this server allows 128 (max_nesting)")
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_a_large_program_comes_back_whole_on_any_event_loop() -> None:
+    """uvloop (installed with Ray, used by uvicorn when present) leaves a watched socket
+    non-blocking; a program of megabytes must still come back whole from its worker."""
+    import asyncio
+
+    from dlmprompt.compiler import _PROGRAMS
+    from dlmprompt.serving.compiling import CompilePool
+
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    big = Prompt("Pick: ") + slot("a", choice=[f"option number {i}" for i in range(8000)], max_tokens=16)
+    pool = CompilePool(TOK, workers=1, time_s=60)
+    try:
+        _PROGRAMS.clear()
+        for _ in range(2):  # the second compile reuses the worker whose socket the loop watched
+            program = run(pool.compile(big))
+            _PROGRAMS.clear()
+        assert pool.stats["compiled"] == 2 and pool.workers_started == 1
+        assert len(program.layout) == len(compile(big, TOK).layout)
+    finally:
+        pool.close()

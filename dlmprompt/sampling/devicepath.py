@@ -64,6 +64,8 @@ def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
             return False
         if any(getattr(s.automaton, "sparse", False) for s in r.program.layout.slots):
             return False  # edge-list automata (grounded slots over long texts) run on the host
+        if r.program.guidance is not None:
+            return False  # guidance terms beyond CFG (dlmprompt.guidance) run on the host
     if mode == "device":
         return True
     dev = getattr(denoiser, "device", None)

@@ -25,6 +25,7 @@ import torch
 from dlmprompt.compiler import Program, compile
 from dlmprompt.denoiser import describe
 from dlmprompt.errors import BackendError
+from dlmprompt.guidance import reweight
 from dlmprompt.sampling.events import Step
 from dlmprompt.sampling.rows import Row, check_finite, check_logits, drive, row_generators
 from dlmprompt.spec import Prompt
@@ -168,10 +169,15 @@ def _host_forward_step(denoiser: Any, active: Sequence[Row], finished: list[Step
     for r in active:
         parts = by_row[id(r)]
         lg = parts[0]
+        guide = r.program.guidance
         if len(parts) == 2:
-            s = r.sched.cfg_scale
+            s: Any = r.sched.cfg_scale
+            if guide is not None and not guide.uniform:  # each slot's guidance= scales its CFG
+                s = s * torch.from_numpy(guide.scale[: lg.shape[0]]).to(lg.device)[:, None]
             un = parts[1].float()
             lg = un + (s + 1.0) * (lg.float() - un)
+        if guide is not None:
+            lg = reweight(guide, lg, r)
         phases.append(r.step_phases(lg))
     return drive(phases, finished)
 

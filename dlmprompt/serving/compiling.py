@@ -232,6 +232,7 @@ class CompilePool:
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         fd = worker.conn.fileno()
+        os.set_blocking(fd, True)  # uvloop's add_reader leaves the socket non-blocking
         worker.conn.send((prompt, options))  # pickled: JSON text would turn NaN into null
         loop.add_reader(fd, ready.set)
         deadline = time.monotonic() + self.time_s
@@ -243,8 +244,8 @@ class CompilePool:
                     self.stats["timeouts"] += 1
                     raise CompileBudgetError(
                         f"compiling took longer than this server's compile budget of {self.time_s:g} s "
-                        "(compile_seconds) and was stopped; simplify the constraint (long counted "
-                        "repetitions after an open-ended part make huge automata)",
+                        "(compile_seconds) and was stopped; simplify the constraint (fewer optional "
+                        "properties or branches, shorter counted repetitions after an open-ended part)",
                         limit="time",
                     )
                 try:
@@ -259,6 +260,7 @@ class CompilePool:
             worker.kill()  # it may still be compiling: never hand it to the next request
             raise
         loop.remove_reader(fd)
+        os.set_blocking(fd, True)
         try:
             reply = await asyncio.to_thread(worker.conn.recv)
         except (EOFError, OSError):

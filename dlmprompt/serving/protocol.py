@@ -30,8 +30,23 @@ class Limits:
     max_grammar_chars: int = 100_000  # a JSON schema, regex, choice list or Lark grammar, as JSON text
     max_steps: int = 1024
     max_tokens: int = 1024  # a free-text / regex / choice answer, in tokens
+    max_nesting: int = 128  # levels of objects and arrays in a JSON Schema (JSONSchemaBench's deepest: 63)
     compile_seconds: float = 10.0  # wall clock for compiling one request's prompt
     compile_memory_mb: int = 2048  # address space a compile may add to its worker
+
+
+def nesting(value: Any) -> int:
+    """Levels of dicts and lists in a JSON value (iterative: no recursion limit to hit)."""
+    best, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            best = max(best, depth)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            best = max(best, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return best
 
 
 class APIError(Exception):
@@ -105,7 +120,7 @@ class StreamOptions(BaseModel):
 
 class OpenAIRequest(BaseModel):
     # OpenAI clients send many optional fields; those below that do not change the result are
-    # accepted and ignored, penalties and logit_bias only at their no-op values, and any other
+    # accepted and ignored; penalties and logit_bias map onto guidance terms; and any other
     # field is a 400 naming it (check_unsupported; the OpenAPI schema lists only the known fields)
     model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
     model: str | None = None
@@ -177,9 +192,6 @@ class CompletionRequest(OpenAIRequest):
 
 def check_unsupported(req: BaseModel) -> None:
     bad = sorted(req.model_extra or {})
-    for key in ("frequency_penalty", "presence_penalty", "logit_bias"):
-        if getattr(req, key, None):  # 0, {} and None change nothing
-            bad.append(key)
     if bad:
         raise APIError(400, f"unsupported field(s) {bad}", code="unsupported_field")
 
@@ -273,13 +285,34 @@ def openai_prompt(req: OpenAIRequest, text: str, suffix: str | None, limits: Lim
 
 
 def with_options(req: OpenAIRequest, prompt: Prompt) -> Prompt:
-    """The prompt with the request's sampling options (``temperature``, ``steps``)."""
+    """The prompt with the request's sampling options (``temperature``, ``steps``) and guidance
+    (``logit_bias`` → ``token_bias``, ``frequency_penalty``, ``presence_penalty``: see
+    :class:`~dlmprompt.spec.Guidance`)."""
     options: dict[str, Any] = {}
     if req.temperature is not None:
         options["temperature"] = req.temperature
     if req.steps is not None:
         options["steps"] = req.steps
-    return prompt.with_sampling(**options) if options else prompt
+    if options:
+        prompt = prompt.with_sampling(**options)
+    guide: dict[str, Any] = {}
+    if req.frequency_penalty:
+        guide["frequency_penalty"] = req.frequency_penalty
+    if req.presence_penalty:
+        guide["presence_penalty"] = req.presence_penalty
+    if req.logit_bias:
+        bias: dict[int, float] = {}
+        for key, value in req.logit_bias.items():
+            if not str(key).isdigit():
+                raise APIError(400, f"logit_bias: {key!r} is not a token id", code="bad_logit_bias")
+            bias[int(key)] = value
+        guide["token_bias"] = {**prompt.guidance.token_bias, **bias}
+    if guide:
+        try:
+            prompt = prompt.with_guidance(**guide)
+        except DLMPromptError as exc:
+            raise APIError(400, str(exc), code="bad_guidance") from None
+    return prompt
 
 
 def answer_span(prog: Program) -> tuple[int, int]:

@@ -57,6 +57,23 @@ def _error(status: int, message: str, code: str) -> tuple[int, list[tuple[bytes,
     return status, headers, body
 
 
+def _with_limits(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Server options with ``limits`` as a :class:`~dlmprompt.serving.protocol.Limits` (a config
+    file gives a mapping)."""
+    from dlmprompt.serving.protocol import Limits
+
+    out = dict(options or {})
+    limits = out.get("limits")
+    if limits is None:
+        out["limits"] = Limits()
+    elif isinstance(limits, dict):
+        try:
+            out["limits"] = Limits(**limits)
+        except TypeError as exc:
+            raise DLMPromptError(f"limits: {exc}; the fields are those of dlmprompt.serving.protocol.Limits") from None
+    return out
+
+
 def _replica_gone(exc: BaseException) -> bool:
     """An error of the replica's process or actor, not of the request."""
     try:
@@ -82,7 +99,7 @@ class ModelReplica:
         from dlmprompt.serving.server import create_app
 
         denoiser = load_model(model, device=device, trust_remote_code=trust_remote_code)
-        options = dict(server_options or {})
+        options = _with_limits(server_options)
         options.setdefault("model_name", "dlmprompt-default" if model is None else str(model))
         self.app = create_app(denoiser, **options)
         self.server = self.app.state.server
@@ -272,8 +289,8 @@ def application(
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=max(256, max_ongoing_requests * max(replicas, 1) * 2),
     )
-    limits = server_options.get("limits")
-    body_bound = getattr(limits, "max_body_bytes", 1 << 20)
+    server_options = _with_limits(server_options)
+    body_bound = server_options["limits"].max_body_bytes
     model_app = model_dep.bind(model, device, trust_remote_code, server_options)
     return ingress_dep.bind(model_app, body_bound)
 
