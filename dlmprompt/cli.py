@@ -200,6 +200,27 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-template-source", action="store_true", help="render template source sent in requests (sandboxed)"
     )
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--compile-timeout", type=float, default=10.0, metavar="S", help="seconds one request's prompt may compile"
+    )
+    serve.add_argument(
+        "--compile-memory-mb", type=int, default=2048, metavar="MB", help="memory one request's compile may add"
+    )
+    serve.add_argument(
+        "--compile-workers", type=int, default=2, help="processes compiling prompts (0: in a thread, no budget)"
+    )
+    serve.add_argument(
+        "--graceful-timeout", type=float, default=30.0, metavar="S", help="on SIGTERM, wait so long for requests"
+    )
+    serve.add_argument("--no-ui", action="store_true", help="no playground page at GET /")
+    serve.add_argument("--ray", action="store_true", help="run on Ray Serve: replicas behind one endpoint")
+    serve.add_argument("--replicas", type=int, default=1, help="with --ray: model replicas")
+    serve.add_argument(
+        "--autoscale", default=None, metavar="MIN:MAX", help="with --ray: scale replicas on queue depth instead"
+    )
+    serve.add_argument("--ray-address", default=None, help="with --ray: join this Ray cluster (default: start one)")
+    serve.add_argument("--num-cpus", type=float, default=1.0, help="with --ray: CPUs per replica")
+    serve.add_argument("--num-gpus", type=float, default=0.0, help="with --ray: GPUs per replica (0.5 shares one)")
     fill = sub.add_parser("fill", help="render a prompt template, fill it on a model and print the result")
     fill.add_argument("template", help="a shipped template's name (`dlmprompt templates` lists them) or a .jinja file")
     fill.add_argument(
@@ -240,13 +261,52 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import os
 
+        from dlmprompt.serving.protocol import Limits
         from dlmprompt.serving.server import serve as run_server
 
+        limits = Limits(compile_seconds=args.compile_timeout, compile_memory_mb=args.compile_memory_mb)
+        api_key = args.api_key or os.environ.get("DLMPROMPT_API_KEY") or None
+        if args.ray:
+            from dlmprompt.errors import DLMPromptError
+            from dlmprompt.serving import ray_serve
+
+            autoscaling = None
+            if args.autoscale:
+                lo, _, hi = args.autoscale.partition(":")
+                if not (lo.isdigit() and hi.isdigit() and 1 <= int(lo) <= int(hi)):
+                    print("dlmprompt serve: error: --autoscale takes MIN:MAX, e.g. 1:8", file=sys.stderr)
+                    return 2
+                autoscaling = {"min_replicas": int(lo), "max_replicas": int(hi), "target_ongoing_requests": 16}
+            try:
+                ray_serve.run(
+                    args.model,
+                    host=args.host,
+                    port=args.port,
+                    address=args.ray_address,
+                    replicas=args.replicas,
+                    autoscaling=autoscaling,
+                    num_cpus=args.num_cpus,
+                    num_gpus=args.num_gpus,
+                    device=args.device,
+                    trust_remote_code=args.trust_remote_code,
+                    api_key=api_key,
+                    max_batch=args.max_batch,
+                    max_queue=args.max_queue,
+                    templates_dir=args.templates,
+                    allow_template_source=args.allow_template_source,
+                    limits=limits,
+                    compile_workers=args.compile_workers,
+                    ui=not args.no_ui,
+                )
+            except DLMPromptError as exc:
+                print(f"dlmprompt serve: error: {exc}", file=sys.stderr)
+                return 2
+            return 0
         run_server(
             args.model,
             host=args.host,
             port=args.port,
-            api_key=args.api_key or os.environ.get("DLMPROMPT_API_KEY") or None,
+            api_key=api_key,
             device=args.device,
             trust_remote_code=args.trust_remote_code,
             max_batch=args.max_batch,
@@ -254,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             templates_dir=args.templates,
             allow_template_source=args.allow_template_source,
             log_level=args.log_level,
+            limits=limits,
+            compile_workers=args.compile_workers,
+            graceful_timeout=args.graceful_timeout,
+            ui=not args.no_ui,
         )
         return 0
     return 2  # pragma: no cover

@@ -669,7 +669,17 @@ def _describe(part: Slot) -> str:
     return "its text"
 
 
+# the default schedule, when a prompt gives none of steps, tokens_per_step and threshold: commit every
+# candidate at least this sure (at least one per step). Measured by benchmarks/decoding.py on the
+# embedded model: field_exact equal to one position per step on the out-of-distribution set
+# (0.704) and on held-out documents (0.868 against 0.862), with 4.6 and 8.0 positions committed per
+# forward pass instead of 1. tokens_per_step=1 gives one position per step.
+DEFAULT_THRESHOLD = 0.9
+
+
 def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float) -> Schedule:
+    if sampling.threshold is None and sampling.steps is None and sampling.tokens_per_step is None:
+        sampling = sampling.model_copy(update={"threshold": DEFAULT_THRESHOLD})
     positions = np.nonzero(layout.slot_of >= 0)[0]
     if len(positions) == 0:  # everything is fixed (e.g. a schema slot whose value is a const)
         return Schedule((), (), sampling.threshold, sampling.strategy, sampling.temperature, cfg_scale)

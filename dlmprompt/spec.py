@@ -231,10 +231,13 @@ class Guidance(_Model):
 class Sampling(_Model):
     """How the canvas is denoised.
 
-    * ``steps``: denoising steps in all (split evenly over blocks); ``None`` = one position per step.
-    * ``tokens_per_step``: alternatively, a fixed number of positions per step.
+    * ``steps``: denoising steps in all (split evenly over blocks).
+    * ``tokens_per_step``: alternatively, a fixed number of positions per step (1: one position
+      per step, the schedule of earlier versions).
     * ``threshold``: commit every candidate whose confidence is at least this (at least one per
-      step); overrides ``steps`` / ``tokens_per_step``.
+      step); overrides ``steps`` / ``tokens_per_step``. With none of the three given the
+      schedule is ``threshold=0.9`` (``dlmprompt.compiler.DEFAULT_THRESHOLD``), which fills
+      several positions per forward pass at the quality of one per step (``benchmarks/decoding.py``).
     * ``block_length``: semi-autoregressive blocks of this many canvas positions; ``None`` = the
       whole canvas at once.
     * ``strategy``: which candidates to commit first.

@@ -26,7 +26,12 @@ def test_layout_positions_and_ids(byte_tok: Tokenizer) -> None:
     # prompt anchors: before the first slot (BOS excluded)
     assert lay.prompt.tolist() == [False] + [True] * 6 + [False] * (len(lay) - 7)
     assert prog.schedule.blocks == ((name.start, age.stop),)
-    assert sum(prog.schedule.counts[0]) == 7
+    # no schedule given: the confidence threshold of DEFAULT_THRESHOLD; one per step on request
+    from dlmprompt.compiler import DEFAULT_THRESHOLD
+
+    assert prog.schedule.threshold == DEFAULT_THRESHOLD and prog.schedule.steps is None
+    assert compile(p, byte_tok, tokens_per_step=1).schedule.counts == ((1,) * 7,)
+    assert compile(p, byte_tok, steps=3).schedule.threshold is None
 
 
 def test_compile_is_cached_and_keyed_by_options(byte_tok: Tokenizer) -> None:

@@ -17,7 +17,7 @@ PKG = ROOT / "dlmprompt"
 LAYERS = [
     ("dlmprompt.errors",),
     ("dlmprompt.tokenizer", "dlmprompt.spec", "dlmprompt.denoiser"),
-    ("dlmprompt.constraints", "dlmprompt.templating", "dlmprompt.prompt_template"),
+    ("dlmprompt.constraints", "dlmprompt.guidance", "dlmprompt.templating", "dlmprompt.prompt_template"),
     ("dlmprompt.compiler",),
     ("dlmprompt.sampling", "dlmprompt.toolcalls"),
     ("dlmprompt.models",),

@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -91,8 +90,10 @@ def _vm_bytes() -> int:
     return 0
 
 
-def _close_inherited_sockets(keep: int) -> None:
-    """The server's listening and client sockets stay with the server, not with its workers."""
+def _close_inherited(keep: int) -> None:
+    """Close every descriptor the worker inherited but its pipe and stdio: the server's listening
+    and client sockets, and pipes of other subprocesses (a browser driver, a shell) that would
+    otherwise stay open as long as the worker lives."""
     try:
         fds = [int(x) for x in os.listdir("/proc/self/fd")]
     except OSError:
@@ -101,14 +102,13 @@ def _close_inherited_sockets(keep: int) -> None:
         if fd == keep or fd < 3:
             continue
         try:
-            if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                os.close(fd)
+            os.close(fd)
         except OSError:
             pass
 
 
 def _worker(conn: Any, tokenizer: Any, memory_bytes: int) -> None:
-    _close_inherited_sockets(conn.fileno())
+    _close_inherited(conn.fileno())
     if memory_bytes > 0:
         import resource
 

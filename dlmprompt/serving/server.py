@@ -9,7 +9,8 @@ Two APIs over one batching :class:`~dlmprompt.serving.engine.Engine`:
   ``response_format`` (``json_schema`` / ``json_object``) and dlmprompt extras (``regex``,
   ``choice``, a whole ``prompt`` spec) as extra body fields; ``GET /v1/models``.
 
-Plus ``GET /health`` and ``GET /metrics`` (Prometheus text). Requests are pydantic-validated JSON;
+Plus ``GET /health``, ``GET /metrics`` (Prometheus text) and the playground page at ``GET /``
+(``ui=False``, ``--no-ui``: none). Requests are pydantic-validated JSON;
 nothing a request sends is executed or unpickled. Every refusal is a 4xx with a JSON body
 ``{"error": {"message", "type", "code"}}``.
 """
@@ -31,10 +32,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dlmprompt.compiler import Program, compile
+from dlmprompt.compiler import Program
 from dlmprompt.errors import DLMPromptError
 from dlmprompt.sampling.events import Result, Step
 from dlmprompt.serving.chat import ChatPlan, Chunks, chat_message, chat_plan, completion, total_usage
+from dlmprompt.serving.compiling import CompileBudgetError, CompilePool, RemoteCompileError
 from dlmprompt.serving.engine import Engine, Job, QueueFull
 from dlmprompt.serving.protocol import (
     APIError,
@@ -48,6 +50,7 @@ from dlmprompt.serving.protocol import (
     cut_at_stop,
     error_body,
     finish_reason,
+    nesting,
     openai_prompt,
     sse,
     stops_for,
@@ -70,6 +73,7 @@ class Server:
         max_queue: int = 128,
         templates_dir: str | None = None,
         allow_template_source: bool = False,
+        compile_workers: int = 2,
     ) -> None:
         self.denoiser = denoiser
         self.templates_dir = templates_dir
@@ -78,6 +82,12 @@ class Server:
         self.model_name = model_name
         self.api_key = api_key
         self.limits = limits or Limits()
+        self.compiler = CompilePool(
+            denoiser.tokenizer,
+            workers=compile_workers,
+            time_s=self.limits.compile_seconds,
+            memory_mb=self.limits.compile_memory_mb,
+        )
         self.engine = Engine(denoiser, max_batch=max_batch, max_queue=max_queue)
         self.started = time.time()
         self.requests: dict[tuple[str, int], int] = {}
@@ -92,6 +102,13 @@ class Server:
             )
         for s in slots:
             c = s.constraint
+            if isinstance(c, Json) and (depth := nesting(c.json_schema)) > lim.max_nesting:
+                raise APIError(
+                    400,
+                    f"slot {s.name!r}: its schema nests {depth} levels of objects and arrays; this server allows "
+                    f"{lim.max_nesting} (max_nesting)",
+                    code="schema_too_deep",
+                )
             size = len(json.dumps(c.model_dump(mode="json", by_alias=True)))
             if size > lim.max_grammar_chars:
                 raise APIError(
@@ -160,10 +177,21 @@ class Server:
         except DLMPromptError as exc:
             raise APIError(400, str(exc), code="template_error") from None
 
-    async def compile(self, prompt: Prompt) -> Program:
+    async def compile(self, prompt: Prompt, request: Request | None = None) -> Program:
+        """Compile in a worker process under the compile budget; a client that leaves stops it."""
         self.check_prompt(prompt)
+        abandoned = request.is_disconnected if request is not None else None
         try:
-            program = await asyncio.to_thread(compile, prompt, self.tokenizer)
+            program = await self.compiler.compile(prompt, abandoned=abandoned)
+        except CompileBudgetError as exc:
+            if exc.limit == "abandoned":
+                raise asyncio.CancelledError from None
+            if exc.limit == "killed":
+                raise APIError(503, str(exc), type="server_error", code="compile_worker_stopped") from None
+            code = "compile_timeout" if exc.limit == "time" else "compile_memory"
+            raise APIError(400, str(exc), code=code) from None
+        except RemoteCompileError as exc:
+            raise APIError(400, f"{exc.kind}: {exc}", code="compile_error") from None
         except DLMPromptError as exc:
             raise APIError(400, f"{type(exc).__name__}: {exc}", code="compile_error") from None
         n = len(program.layout)
@@ -172,6 +200,16 @@ class Server:
                 400,
                 f"the compiled canvas has {n} tokens; this server allows {self.limits.max_canvas}",
                 code="canvas_too_large",
+            )
+        steps = program.schedule.steps  # steps the schedule derived, not asked for
+        if steps is None:  # a confidence threshold: at worst one position per step
+            steps = int((program.layout.slot_of >= 0).sum())
+        if steps > self.limits.max_steps:
+            raise APIError(
+                400,
+                f"the compiled prompt takes up to {steps} denoising steps; this server allows {self.limits.max_steps} "
+                "(give fewer slots or tokens, or sampling steps=N)",
+                code="too_many_steps",
             )
         return program
 
@@ -197,6 +235,11 @@ class Server:
             ("queue_depth", "Jobs waiting for a batch slot.", self.engine.queue_depth),
             ("in_flight", "Jobs in the running batch.", self.engine.in_flight),
             ("steps_per_second", "Row denoising steps per second over the last 10 s.", round(st.steps_per_s(), 3)),
+            (
+                "batch_cap",
+                "Rows per shared pass now (below max_batch for a while after running out of memory).",
+                self.engine.batch_cap,
+            ),
         ]
         for name, help_, value in gauges:
             lines += [f"# HELP dlmprompt_{name} {help_}", f"# TYPE dlmprompt_{name} gauge", f"dlmprompt_{name} {value}"]
@@ -209,6 +252,17 @@ class Server:
             ("forward_passes_total", "Shared forward passes.", st.forward_passes),
             ("batch_rows_total", "Rows over all shared forward passes (mean batch = this / passes).", st.rows_sum),
             ("denoise_steps_total", "Row denoising steps.", st.steps),
+            (
+                "out_of_memory_total",
+                "Shared passes that ran out of memory (split, then fewer rows per pass).",
+                st.out_of_memory,
+            ),
+            ("compile_timeouts_total", "Compiles stopped at the compile time budget.", self.compiler.stats["timeouts"]),
+            (
+                "compile_memory_refusals_total",
+                "Compiles stopped at the compile memory budget.",
+                self.compiler.stats["memory"],
+            ),
         ]
         for name, help_, value in counters:
             lines += [
@@ -236,8 +290,15 @@ class Server:
             "canvas": result.canvas.tolist(),
         }
 
-    def step_json(self, step: Step) -> dict[str, Any]:
+    def step_json(self, step: Step, program: Program | None = None) -> dict[str, Any]:
+        """A step as JSON. ``pieces``: each canvas position's token decoded (``None``: still
+        masked); with the ``program``, ``slot_of`` (each position's slot index, -1 for an anchor)
+        and ``slots`` (the slots' names by index), for a client that draws the canvas."""
         tok = self.tokenizer
+        ids = step.canvas.tolist()
+        layout: dict[str, Any] = {}
+        if program is not None:
+            layout = {"slot_of": program.layout.slot_of.tolist(), "slots": [s.name for s in program.slots]}
         return {
             "index": step.index,
             "canvas": step.canvas.tolist(),
@@ -250,6 +311,10 @@ class Server:
                 for t in step.canvas.tolist()
                 if t != tok.pad_id
             ),
+            "pieces": [
+                None if t == tok.mask_id else tok.decode_bytes([t]).decode("utf-8", errors="replace") for t in ids
+            ],
+            **layout,
         }
 
 
@@ -319,10 +384,11 @@ class _Guard:
 
 
 # ---------------------------------------------------------------------------------------------- the ASGI app
-def create_app(denoiser: Any = None, **options: Any) -> Any:
-    """The FastAPI app. ``denoiser`` defaults to the embedded model; ``options`` go to
-    :class:`Server` (``model_name``, ``api_key``, ``limits``, ``max_batch``, ``max_queue``,
-    ``templates_dir``, ``allow_template_source``)."""
+def create_app(denoiser: Any = None, *, ui: bool = True, **options: Any) -> Any:
+    """The FastAPI app. ``denoiser`` defaults to the embedded model; ``ui``: the playground page at
+    ``GET /`` (:mod:`dlmprompt.serving.playground`); ``options`` go to :class:`Server`
+    (``model_name``, ``api_key``, ``limits``, ``max_batch``, ``max_queue``, ``templates_dir``,
+    ``allow_template_source``)."""
     if denoiser is None:
         from dlmprompt.models.backends import load_model
 
@@ -333,12 +399,13 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
     async def lifespan(app: Any):  # type: ignore[no-untyped-def]
         yield
         server.engine.close()
+        server.compiler.close()
 
     app = FastAPI(title="dlmprompt", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
 
     def err(status: int, message: str, type: str = "invalid_request_error", code: str | None = None) -> Any:
-        headers = {"Retry-After": "1"} if status == 429 else None
+        headers = {"Retry-After": "1"} if status in (429, 503) else None
         return JSONResponse(error_body(message, type, code), status_code=status, headers=headers)
 
     @app.exception_handler(APIError)
@@ -441,14 +508,14 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
     @app.post("/v1/generate")
     async def generate_route(req: GenerateRequest, request: Request) -> Any:
         prompt = await server.prompt_of(req)
-        program = await server.compile(prompt)
+        program = await server.compile(prompt, request)
         rendered = {"prompt": prompt.model_dump(mode="json", by_alias=True)} if req.prompt is None else {}
         if req.stream:
 
             class Native:
                 @staticmethod
                 def step(step: Step) -> list[bytes]:
-                    return [sse(server.step_json(step), "step")]
+                    return [sse(server.step_json(step, program), "step")]
 
                 @staticmethod
                 def final(result: Result) -> list[bytes]:
@@ -470,10 +537,10 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
         route = "/v1/chat/completions" if chat else "/v1/completions"
         compiled = {}
         for prompt in plan.programs_to_check():  # compile errors before anything runs
-            compiled[id(prompt)] = await server.compile(prompt)
+            compiled[id(prompt)] = await server.compile(prompt, request)
         done: list[Result] = []  # the choices run so far (whether to call, which tool)
         while (stage := plan.next(done))[0] == "choice":
-            done.append(await run_job(await server.compile(stage[1]), req, request))
+            done.append(await run_job(await server.compile(stage[1], request), req, request))
         kind, prompt = stage
         program = compiled[id(prompt)]
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -529,6 +596,10 @@ def create_app(denoiser: Any = None, **options: Any) -> Any:
         prompt = openai_prompt(req, req.prompt, req.suffix, server.limits, server.tokenizer)
         return await openai_answer(req, request, ChatPlan(prompt), chat=False)
 
+    if ui:
+        from dlmprompt.serving.playground import add_playground
+
+        add_playground(app)
     return app
 
 
@@ -545,8 +616,14 @@ def serve(
     templates_dir: str | None = None,
     allow_template_source: bool = False,
     log_level: str = "info",
+    ui: bool = True,
+    limits: Limits | None = None,
+    compile_workers: int = 2,
+    graceful_timeout: float = 30.0,
 ) -> None:
-    """Load a model and serve it with uvicorn until interrupted."""
+    """Load a model and serve it with uvicorn until interrupted. On SIGTERM (or Ctrl-C) the server
+    stops taking connections, lets in-flight requests finish for up to ``graceful_timeout``
+    seconds, then cancels what is left and exits."""
     import uvicorn
 
     from dlmprompt.models.backends import load_model
@@ -561,8 +638,11 @@ def serve(
         max_queue=max_queue,
         templates_dir=templates_dir,
         allow_template_source=allow_template_source,
+        ui=ui,
+        limits=limits,
+        compile_workers=compile_workers,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_timeout)
 
 
 class background:
