@@ -40,7 +40,7 @@ from dlmprompt.models.records import FAMILIES, extraction_prompt
 from dlmprompt.models.train import record_example
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ood_extraction import ood_documents  # noqa: E402
+from ood_extraction import ood_documents
 
 HELD_OUT_SEED = 424242
 CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name: (sampling, guidance)

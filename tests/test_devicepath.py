@@ -90,17 +90,20 @@ def test_impossible_chain_is_flagged_not_filled() -> None:
 
 
 def _prompts() -> list[Prompt]:
+    # step-count schedules (the device path's); the default confidence threshold runs on the host
     return [
-        Prompt("Name: ")
-        + slot("name", regex=r"[A-Z][a-z]{1,6}", max_tokens=5)
-        + ", age "
-        + slot("age", regex=r"[1-9][0-9]?", max_tokens=2)
-        + ". Likes "
-        + slot("pet", choice=["cats", "dogs", "fish"], max_tokens=4)
-        + ". "
-        + slot("note", max_tokens=6),
+        (
+            Prompt("Name: ")
+            + slot("name", regex=r"[A-Z][a-z]{1,6}", max_tokens=5)
+            + ", age "
+            + slot("age", regex=r"[1-9][0-9]?", max_tokens=2)
+            + ". Likes "
+            + slot("pet", choice=["cats", "dogs", "fish"], max_tokens=4)
+            + ". "
+            + slot("note", max_tokens=6)
+        ).with_sampling(tokens_per_step=1),
         (Prompt("Code: ") + slot("code", regex=r"[a-c]{2}-[0-9]{2}", max_tokens=5) + " / " + slot("free", max_tokens=4))
-        .with_sampling(block_length=4, strategy="margin")
+        .with_sampling(block_length=4, strategy="margin", tokens_per_step=1)
         .with_guidance(cfg_scale=1.0),
     ]
 
