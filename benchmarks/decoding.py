@@ -15,9 +15,10 @@ For each configuration and each extraction set it reports:
 
 Sets: ``read_heldout`` (held-out documents of the read-and-copy training grammar, a seed the
 training never saw) and ``ood`` (``benchmarks/ood_extraction.py``: its own templates and values
-plus hand-written sentences, never trained on). Configurations: one position per step (the
-default), ``tokens_per_step`` 2 and 4, confidence thresholds, the repetition and frequency
-penalties, and combinations.
+plus hand-written sentences, never trained on). Configurations: one position per step
+(``tokens_per_step=1``, the default before), ``tokens_per_step`` 2 and 4, confidence thresholds,
+the default schedule (no schedule given: ``threshold=0.9``), the repetition and frequency
+penalties (one position per step), and combinations.
 
     python benchmarks/decoding.py [--n-read 60] [--n-ood 142] [--only NAME,...] [--json OUT]
 """
@@ -44,14 +45,15 @@ from ood_extraction import ood_documents
 
 HELD_OUT_SEED = 424242
 CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name: (sampling, guidance)
-    "one_per_step": ({}, {}),
+    "one_per_step": ({"tokens_per_step": 1}, {}),
     "tokens_per_step_2": ({"tokens_per_step": 2}, {}),
     "tokens_per_step_4": ({"tokens_per_step": 4}, {}),
     "threshold_0.9": ({"threshold": 0.9}, {}),
     "threshold_0.7": ({"threshold": 0.7}, {}),
     "threshold_0.5": ({"threshold": 0.5}, {}),
-    "repetition_1.3": ({}, {"repetition_penalty": 1.3}),
-    "frequency_0.5": ({}, {"frequency_penalty": 0.5}),
+    "default": ({}, {}),  # no schedule given: compiler.DEFAULT_THRESHOLD
+    "repetition_1.3": ({"tokens_per_step": 1}, {"repetition_penalty": 1.3}),
+    "frequency_0.5": ({"tokens_per_step": 1}, {"frequency_penalty": 0.5}),
     "threshold_0.7+repetition_1.3": ({"threshold": 0.7}, {"repetition_penalty": 1.3}),
 }
 _DOUBLED = re.compile(r"(\w{2,})\1", re.UNICODE)

@@ -115,13 +115,13 @@ def test_running_out_of_memory_splits_the_batch_and_lowers_the_cap() -> None:
 # ------------------------------------------------------------------ over HTTP
 @pytest.fixture(scope="module")
 def live():  # type: ignore[no-untyped-def]
-    den = Faulty("raise", delay=0.02)
+    den = Faulty("raise", delay=0.1)  # a step takes 0.1 s: the server notices a gone client in time
     with background(den) as srv:
         yield srv, den
 
 
 def _gen_body(text: str, n: int = 6, stream: bool = False, seed: int = 1) -> dict:  # type: ignore[type-arg]
-    prompt = Prompt(text) + slot("a", regex="[a-z]{2,64}", max_tokens=n)
+    prompt = (Prompt(text) + slot("a", regex="[a-z]{2,64}", max_tokens=n)).with_sampling(tokens_per_step=1)
     return {"prompt": prompt.model_dump(mode="json", by_alias=True), "seed": seed, "stream": stream}
 
 
@@ -226,7 +226,8 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path) -> No
             assert proc.poll() is None and time.monotonic() - t < 120, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
         out: dict[str, httpx.Response] = {}
-        prompt = Prompt("Tell a story: ") + slot("story", max_tokens=48)
+        # one position per step: still running when SIGTERM comes
+        prompt = (Prompt("Tell a story: ") + slot("story", max_tokens=96)).with_sampling(tokens_per_step=1)
         body = {"prompt": prompt.model_dump(mode="json", by_alias=True), "seed": 1}
         worker = threading.Thread(target=lambda: out.update(r=httpx.post(f"{url}/v1/generate", json=body, timeout=120)))
         worker.start()
@@ -237,7 +238,7 @@ def test_sigterm_finishes_in_flight_work_and_exits_cleanly(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         worker.join(120)
         assert out["r"].status_code == 200, out["r"].text
-        assert len(out["r"].json()["captures"]["story"]["tokens"]) <= 48
+        assert len(out["r"].json()["captures"]["story"]["tokens"]) <= 96
         # uvicorn shuts down gracefully, then re-raises the signal so that the exit status says SIGTERM
         assert proc.wait(60) in (0, -signal.SIGTERM)
         text = (tmp_path / "serve.log").read_text()

@@ -26,6 +26,15 @@ def _run(prompt: Prompt, den=None, seed: int = 0):  # type: ignore[no-untyped-de
     return res
 
 
+class WantsO(RandomDenoiser):
+    """Random logits plus a strong wish for "o" everywhere."""
+
+    def __call__(self, ids, att):  # type: ignore[no-untyped-def]
+        out = super().__call__(ids, att)
+        out[..., ord("o")] += 4.0
+        return out
+
+
 @st.composite
 def guided_programs(draw):  # type: ignore[no-untyped-def]
     parts: list = []
@@ -93,12 +102,6 @@ def test_the_copy_bias_pulls_toward_the_source() -> None:
 
 def test_penalties_cut_repetition() -> None:
     # a model that wants "o" at every position: "oooooooo" unless the penalties push back
-    class WantsO(RandomDenoiser):
-        def __call__(self, ids, att):  # type: ignore[no-untyped-def]
-            out = super().__call__(ids, att)
-            out[..., ord("o")] += 4.0
-            return out
-
     den = WantsO(TOK, scale=1.0)
     ask = Prompt("Word: ") + slot("w", regex="[a-z]{8}", tokens=8)
     assert _run(ask, den)["w"] == "oooooooo"
@@ -144,13 +147,15 @@ def test_bad_terms_are_refused_with_what_to_change() -> None:
 def test_openai_logit_bias_and_penalties_map_onto_guidance() -> None:
     from dlmprompt.serving.server import create_app
 
-    with TestClient(create_app(RandomDenoiser(TOK))) as c:
+    with TestClient(create_app(WantsO(TOK, scale=1.0))) as c:
         body = {"model": "x", "prompt": "Code: ", "regex": "[a-z]{4}", "max_tokens": 4, "seed": 1}
         plain = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
         biased = c.post("/v1/completions", json={**body, "logit_bias": {str(ord("q")): 60}})
         assert biased.status_code == 200 and biased.json()["choices"][0]["text"] == "qqqq" != plain
-        pen = c.post("/v1/completions", json={**body, "frequency_penalty": 1.5, "presence_penalty": 0.5})
-        assert pen.status_code == 200 and len(pen.json()["choices"][0]["text"]) == 4
-        for bad, words in (({"logit_bias": {"abc": 1}}, "not a token id"), ({"frequency_penalty": 5}, "less than")):
+        assert plain == "oooo"  # what the model wants, unpenalized
+        pen = c.post("/v1/completions", json={**body, "frequency_penalty": 2.0, "presence_penalty": 1.0})
+        assert pen.status_code == 200 and pen.json()["choices"][0]["text"].count("o") < 4
+        bads = [({"logit_bias": {"abc": 1}}, "not a token id"), ({"logit_bias": {"²": 1}}, "not a token id")]
+        for bad, words in [*bads, ({"frequency_penalty": 5}, "less than")]:
             resp = c.post("/v1/completions", json={**body, **bad})
             assert resp.status_code == 400 and words in resp.json()["error"]["message"], resp.text

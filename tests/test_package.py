@@ -50,6 +50,8 @@ def test_wheel_ships_templates_and_py_typed(tmp_path) -> None:
         assert f"dlmprompt/templates/{f.name}" in names, f.name
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         assert f"dlmprompt/models/default_model/{f}" in names
+    for f in ("index.html", "playground.js", "playground.css"):  # the playground page (GET /)
+        assert f"dlmprompt/serving/static/{f}" in names, f
     # installed from the wheel alone, the package finds its templates and model through importlib.resources
     target = tmp_path / "site"
     subprocess.run(

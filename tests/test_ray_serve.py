@@ -22,7 +22,8 @@ from dlmprompt import Prompt, slot  # noqa: E402
 pytestmark = pytest.mark.ray
 
 NAME = Prompt("Name: ") + slot("name", regex="[A-Z][a-z]{1,10}", max_tokens=6)
-STORY = Prompt("A long story: ") + slot("story", max_tokens=40)
+# one position per step, so that requests are still running when a replica is killed
+STORY = (Prompt("A long story: ") + slot("story", max_tokens=64)).with_sampling(tokens_per_step=1)
 
 
 def _free_port() -> int:
@@ -67,11 +68,13 @@ def test_the_apis_answer_through_ray_serve_as_they_do_alone(cluster: str) -> Non
     import openai
 
     seen = set()
-    for seed in range(6):  # Ray Serve spreads requests over both replicas
+    for seed in range(40):  # Ray Serve spreads requests over both replicas
         resp = _gen(cluster, NAME, seed)
         assert resp.status_code == 200, resp.text
         seen.add(resp.headers["x-dlmprompt-replica"])
         assert resp.json()["captures"]["name"]["text"][:1].isupper()
+        if len(seen) == 2:
+            break
     assert len(seen) == 2, seen
     # the same seed gives the same answer on any replica, and as dlmprompt serve alone
     from dlmprompt.serving.server import background
@@ -143,7 +146,7 @@ def test_a_replica_killed_under_load_fails_only_its_requests_and_comes_back(clus
         assert "retry" in err["message"] and r.headers["retry-after"] == "1"
     for r in out:
         if r.status_code == 200:
-            assert len(r.json()["captures"]["story"]["tokens"]) <= 40
+            assert len(r.json()["captures"]["story"]["tokens"]) <= 64
     # Ray Serve replaces the replica; then both serve again
     t = time.monotonic()
     while not (_running() == 2 and len(_model_replicas()) == 2 and replicas[0] not in _model_replicas()):

@@ -349,6 +349,11 @@ def _check_program(row: Row) -> None:
             )
     if prog.schedule.cfg_scale > 0:
         raise BackendError("classifier-free guidance is not supported on DiffusionGemma yet")
+    if prog.guidance is not None:
+        raise BackendError(
+            "guidance terms (bias, avoid, penalties, slot guidance= scales) are not supported on DiffusionGemma "
+            "yet; remove them from the prompt's guidance"
+        )
     if _first_slot(row) == 0:
         raise BackendError("DiffusionGemma needs a prompt before the first slot (at least the BOS token)")
 

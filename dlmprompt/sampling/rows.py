@@ -566,13 +566,12 @@ def check_finite(denoiser: Any, logits: torch.Tensor, owners: Sequence[tuple[Row
     """Raise :class:`NonFiniteLogits` when a row's logits at one of its masked positions hold no
     finite value (sampling from them would commit arbitrary, if valid, tokens). A few NaN or
     -inf tokens among finite ones are scored as impossible, as before."""
-    bad = ~torch.isfinite(logits).any(-1)  # [rows, width]
-    if not bool(bad.any()):
-        return
-    bad_np = bad.cpu().numpy()
     hit = []
-    for i, (r, uncond) in enumerate(owners):
-        at = np.nonzero(bad_np[i, : len(r.canvas)] & r.masked())[0]
+    for i, (r, uncond) in enumerate(owners):  # row by row: a [width, V] mask, not [rows, width, V]
+        bad = ~torch.isfinite(logits[i, : len(r.canvas)]).any(-1)
+        if not bool(bad.any()):
+            continue
+        at = np.nonzero(bad.cpu().numpy() & r.masked())[0]
         if len(at):
             hit.append(f"row {r.row}{' (unconditional pass)' if uncond else ''} at positions {at[:5].tolist()}")
     if hit:

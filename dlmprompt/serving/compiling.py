@@ -108,6 +108,9 @@ def _close_inherited(keep: int) -> None:
 
 
 def _worker(conn: Any, tokenizer: Any, memory_bytes: int) -> None:
+    # the server's handlers (uvicorn's SIGTERM / SIGINT only set a flag) must not keep a worker alive
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     _close_inherited(conn.fileno())
     if memory_bytes > 0:
         import resource
@@ -151,11 +154,21 @@ class _Worker:
         child.close()
         self.dead = False
 
+    def exitcode(self, wait_s: float = 0.0) -> int | None:
+        """The worker's exit code once it has exited (polled: ``join`` would wait on the sentinel
+        pipe, which the worker closed with its other inherited descriptors)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            code = self.proc.exitcode  # a non-blocking waitpid
+            if code is not None or time.monotonic() >= deadline:
+                return code
+            time.sleep(0.01)
+
     def kill(self) -> None:
         self.dead = True
         try:
             self.proc.kill()
-            self.proc.join(5)
+            self.exitcode(5.0)
         except Exception:
             pass
         self.conn.close()
@@ -174,6 +187,7 @@ class CompilePool:
         self.size = workers if self.isolated else 0
         self._ctx = multiprocessing.get_context("fork") if self.isolated else None
         self._idle: list[_Worker] = []
+        self._workers: list[_Worker] = []  # every worker started and not yet killed
         self._started = 0
         self._free: asyncio.Semaphore | None = None
         self.stats = {"compiled": 0, "cached": 0, "refused": 0, "timeouts": 0, "memory": 0, "abandoned": 0, "killed": 0}
@@ -194,20 +208,26 @@ class CompilePool:
             return program
         if self._free is None:
             self._free = asyncio.Semaphore(self.size)
-        while True:  # wait for a worker, dropping out when the client leaves
-            try:
-                await asyncio.wait_for(self._free.acquire(), 0.25)
-                break
-            except asyncio.TimeoutError:
-                if abandoned is not None and await abandoned():
+        acquire = asyncio.ensure_future(self._free.acquire())  # one place in the queue, first come first served
+        try:
+            while not acquire.done():  # wait for a worker, dropping out when the client leaves
+                await asyncio.wait({acquire}, timeout=0.25)
+                if not acquire.done() and abandoned is not None and await abandoned():
                     self.stats["abandoned"] += 1
-                    raise CompileBudgetError("the client went away", limit="abandoned") from None
+                    raise CompileBudgetError("the client went away", limit="abandoned")
+        except BaseException:
+            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+                self._free.release()
+            else:
+                acquire.cancel()
+            raise
         worker = self._idle.pop() if self._idle else None
         try:
             if worker is None or not worker.proc.is_alive():
                 if worker is not None:
                     worker.kill()
                 worker = _Worker(self._ctx, self.tokenizer, self.memory_mb << 20)
+                self._workers = [w for w in self._workers if not w.dead] + [worker]
                 self._started += 1
             program = await self._run(worker, prompt, options, abandoned)
             remember_program(prompt, self.tokenizer, options, program)
@@ -219,8 +239,11 @@ class CompilePool:
             self._free.release()
 
     def close(self) -> None:
-        for w in self._idle:
-            w.kill()
+        """Kill every worker, busy ones included (their requests see the worker stop)."""
+        for w in self._workers:
+            if not w.dead:
+                w.kill()
+        self._workers.clear()
         self._idle.clear()
 
     @property
@@ -233,7 +256,12 @@ class CompilePool:
         ready = asyncio.Event()
         fd = worker.conn.fileno()
         os.set_blocking(fd, True)  # uvloop's add_reader leaves the socket non-blocking
-        worker.conn.send((prompt, options))  # pickled: JSON text would turn NaN into null
+        try:
+            worker.conn.send((prompt, options))  # pickled: JSON text would turn NaN into null
+        except OSError:  # the worker died since it was handed out
+            worker.kill()
+            self.stats["killed"] += 1
+            raise CompileBudgetError("the compile worker had stopped; retry", limit="killed") from None
         loop.add_reader(fd, ready.set)
         deadline = time.monotonic() + self.time_s
         try:
@@ -272,8 +300,7 @@ class CompilePool:
         if kind == "ok":
             return _Unpickler(io.BytesIO(reply[1]), self.tokenizer).load()
         if kind == "died":
-            worker.proc.join(2)
-            code = worker.proc.exitcode
+            code = await asyncio.to_thread(worker.exitcode, 2.0)
             worker.kill()
             if code not in (-signal.SIGABRT, -signal.SIGSEGV, -signal.SIGBUS, 1):  # killed from outside
                 self.stats["killed"] += 1

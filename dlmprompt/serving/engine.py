@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -29,6 +30,12 @@ from dlmprompt.errors import DLMPromptError
 from dlmprompt.sampling.events import Result, Step
 from dlmprompt.sampling.rows import Row, row_generators
 from dlmprompt.sampling.sampler import forward_step
+
+
+def _free_device_cache(denoiser: Any) -> None:
+    dev = getattr(denoiser, "device", None)
+    if dev is not None and torch.device(dev).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -203,40 +210,48 @@ class Engine:
 
     def _forward(self, batch: list[Job]) -> list[tuple[Job, Step | None]]:
         t = time.perf_counter()
+        failure: Exception | None = None
         try:
             steps = forward_step(self.denoiser, [j.row for j in batch])  # type: ignore[misc]
         except Exception as exc:
-            if len(batch) == 1:
-                self._fail(batch[0], exc)
-                return [(batch[0], None)]
-            if _out_of_memory(exc):  # admit fewer rows per pass for a while
-                self._cap = max(1, len(batch) // 2)
-                self._good = 0
-                self.stats.out_of_memory += 1
-            # a row (or the batch's size) broke the shared pass: run each half alone, so that only
-            # the guilty job fails and a batch too big for memory is split; rows that stepped
-            # before the failure keep that step and are not stepped again
+            failure = exc
             done = exc.__dict__.pop("dlmprompt_steps", {})
-            out: list[tuple[Job, Step | None]] = []
-            again: list[Job] = []
-            for job in batch:
-                if id(job.row) in done:
-                    out.append((job, done[id(job.row)]))
-                elif job.row.done:  # type: ignore[union-attr]
-                    out.append((job, None))
-                else:
-                    again.append(job)
-            half = (len(again) + 1) // 2
-            for part in (again[:half], again[half:]) if len(again) > 1 else (again,):
-                if part:
-                    out.extend(self._forward(part))
-            return out
-        self._count(len(batch), t)
-        if self._cap < self.max_batch:
-            self._good += 1
-            if self._good >= 64:  # memory was short once: try twice the rows again
-                self._cap, self._good = min(self.max_batch, self._cap * 2), 0
-        return list(zip(batch, steps))
+            # the retry runs outside this block: the traceback holds the failed pass's frames (and
+            # with them its activations), which must be freed before the halves run
+            traceback.clear_frames(exc.__traceback__)
+        if failure is None:
+            self._count(len(batch), t)
+            if self._cap < self.max_batch:
+                self._good += 1
+                if self._good >= 64:  # memory was short once: try twice the rows again
+                    self._cap, self._good = min(self.max_batch, self._cap * 2), 0
+            return list(zip(batch, steps))
+        if len(batch) == 1:
+            self._fail(batch[0], failure)
+            return [(batch[0], None)]
+        if _out_of_memory(failure):  # admit fewer rows per pass for a while
+            self._cap = max(1, len(batch) // 2)
+            self._good = 0
+            self.stats.out_of_memory += 1
+            _free_device_cache(self.denoiser)
+        # a row (or the batch's size) broke the shared pass: run each half alone, so that only the
+        # guilty job fails and a batch too big for memory is split; rows that stepped before the
+        # failure keep that step and are not stepped again
+        out: list[tuple[Job, Step | None]] = []
+        again: list[Job] = []
+        for job in batch:
+            if id(job.row) in done:
+                out.append((job, done[id(job.row)]))
+            elif job.row.done:  # type: ignore[union-attr]
+                out.append((job, None))
+            else:
+                again.append(job)
+        failure = None
+        half = (len(again) + 1) // 2
+        for part in (again[:half], again[half:]) if len(again) > 1 else (again,):
+            if part:
+                out.extend(self._forward(part))
+        return out
 
     def _count(self, rows: int, t0: float) -> None:
         st = self.stats

@@ -303,7 +303,7 @@ def with_options(req: OpenAIRequest, prompt: Prompt) -> Prompt:
     if req.logit_bias:
         bias: dict[int, float] = {}
         for key, value in req.logit_bias.items():
-            if not str(key).isdigit():
+            if not (str(key).isascii() and str(key).isdecimal()):
                 raise APIError(400, f"logit_bias: {key!r} is not a token id", code="bad_logit_bias")
             bias[int(key)] = value
         guide["token_bias"] = {**prompt.guidance.token_bias, **bias}

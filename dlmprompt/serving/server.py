@@ -105,8 +105,8 @@ class Server:
             if isinstance(c, Json) and (depth := nesting(c.json_schema)) > lim.max_nesting:
                 raise APIError(
                     400,
-                    f"slot {s.name!r}: its schema nests {depth} levels of objects and arrays; this server allows "
-                    f"{lim.max_nesting} (max_nesting)",
+                    f"slot {s.name!r}: its schema is nested {depth} levels deep (JSON objects and arrays of the "
+                    f"schema's text); this server allows {lim.max_nesting} (max_nesting)",
                     code="schema_too_deep",
                 )
             size = len(json.dumps(c.model_dump(mode="json", by_alias=True)))
