@@ -265,7 +265,20 @@ def main(argv: list[str] | None = None) -> int:
         from dlmprompt.serving.server import serve as run_server
 
         limits = Limits(compile_seconds=args.compile_timeout, compile_memory_mb=args.compile_memory_mb)
-        api_key = args.api_key or os.environ.get("DLMPROMPT_API_KEY") or None
+        common = {  # the same server, alone or in each Ray Serve replica
+            "host": args.host,
+            "port": args.port,
+            "api_key": args.api_key or os.environ.get("DLMPROMPT_API_KEY") or None,
+            "device": args.device,
+            "trust_remote_code": args.trust_remote_code,
+            "max_batch": args.max_batch,
+            "max_queue": args.max_queue,
+            "templates_dir": args.templates,
+            "allow_template_source": args.allow_template_source,
+            "limits": limits,
+            "compile_workers": args.compile_workers,
+            "ui": not args.no_ui,
+        }
         if args.ray:
             from dlmprompt.errors import DLMPromptError
             from dlmprompt.serving import ray_serve
@@ -280,45 +293,18 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 ray_serve.run(
                     args.model,
-                    host=args.host,
-                    port=args.port,
                     address=args.ray_address,
                     replicas=args.replicas,
                     autoscaling=autoscaling,
                     num_cpus=args.num_cpus,
                     num_gpus=args.num_gpus,
-                    device=args.device,
-                    trust_remote_code=args.trust_remote_code,
-                    api_key=api_key,
-                    max_batch=args.max_batch,
-                    max_queue=args.max_queue,
-                    templates_dir=args.templates,
-                    allow_template_source=args.allow_template_source,
-                    limits=limits,
-                    compile_workers=args.compile_workers,
-                    ui=not args.no_ui,
+                    **common,
                 )
             except DLMPromptError as exc:
                 print(f"dlmprompt serve: error: {exc}", file=sys.stderr)
                 return 2
             return 0
-        run_server(
-            args.model,
-            host=args.host,
-            port=args.port,
-            api_key=api_key,
-            device=args.device,
-            trust_remote_code=args.trust_remote_code,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-            templates_dir=args.templates,
-            allow_template_source=args.allow_template_source,
-            log_level=args.log_level,
-            limits=limits,
-            compile_workers=args.compile_workers,
-            graceful_timeout=args.graceful_timeout,
-            ui=not args.no_ui,
-        )
+        run_server(args.model, log_level=args.log_level, graceful_timeout=args.graceful_timeout, **common)
         return 0
     return 2  # pragma: no cover
 
