@@ -566,12 +566,19 @@ def check_finite(denoiser: Any, logits: torch.Tensor, owners: Sequence[tuple[Row
     """Raise :class:`NonFiniteLogits` when a row's logits at one of its masked positions hold no
     finite value (sampling from them would commit arbitrary, if valid, tokens). A few NaN or
     -inf tokens among finite ones are scored as impossible, as before."""
+    # one reduction over the logits (a finite maximum means a finite logit; NaN makes the maximum
+    # NaN), then the exact test only at the few positions it flags
+    suspect = ~torch.isfinite(logits.amax(-1))  # [rows, width]
+    if not bool(suspect.any()):
+        return
     hit = []
-    for i, (r, uncond) in enumerate(owners):  # row by row: a [width, V] mask, not [rows, width, V]
-        bad = ~torch.isfinite(logits[i, : len(r.canvas)]).any(-1)
-        if not bool(bad.any()):
+    for i, (r, uncond) in enumerate(owners):
+        flagged = torch.nonzero(suspect[i, : len(r.canvas)]).flatten()
+        if len(flagged) == 0:
             continue
-        at = np.nonzero(bad.cpu().numpy() & r.masked())[0]
+        bad = ~torch.isfinite(logits[i, flagged]).any(-1)
+        at = flagged[bad].cpu().numpy()
+        at = at[r.masked()[at]]
         if len(at):
             hit.append(f"row {r.row}{' (unconditional pass)' if uncond else ''} at positions {at[:5].tolist()}")
     if hit:
