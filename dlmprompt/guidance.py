@@ -38,6 +38,11 @@ class GuidancePlan:
     def penalizes(self) -> bool:
         return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
+    @property
+    def reweights(self) -> bool:
+        """Whether :func:`reweight` changes anything (a plan may hold only slot scales for CFG)."""
+        return len(self.ids) > 0 or self.penalizes
+
 
 def _phrase_ids(tok: Any, phrase: str) -> set[int]:
     ids = set(tok.encode(phrase)) | set(tok.encode(" " + phrase))
@@ -85,7 +90,9 @@ def reweight(plan: GuidancePlan, logits: Any, row: Any) -> Any:
     """``logits`` [L, V] of one row with the plan's terms applied (a new tensor)."""
     import torch
 
-    lg = logits.float().clone()
+    lg = logits.float()
+    if lg is logits:  # already float32: copy once (a half-precision input was copied by .float())
+        lg = lg.clone()
     n = lg.shape[0]
     w = torch.from_numpy(plan.scale[:n]).to(lg.device)[:, None]  # [L, 1]
     if len(plan.ids):

@@ -176,7 +176,7 @@ def _host_forward_step(denoiser: Any, active: Sequence[Row], finished: list[Step
                 s = s * torch.from_numpy(guide.scale[: lg.shape[0]]).to(lg.device)[:, None]
             un = parts[1].float()
             lg = un + (s + 1.0) * (lg.float() - un)
-        if guide is not None:
+        if guide is not None and guide.reweights:
             lg = reweight(guide, lg, r)
         phases.append(r.step_phases(lg))
     return drive(phases, finished)
