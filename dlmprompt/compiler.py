@@ -90,6 +90,8 @@ class Schedule:
     strategy: str
     temperature: float
     cfg_scale: float
+    length: str = "fixed"  # "fixed" | "adaptive" (spec.Sampling.length)
+    remask: Any = None  # a spec.Remask policy, or None
 
     @property
     def steps(self) -> int | None:
@@ -682,7 +684,16 @@ def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float) -> Schedule:
         sampling = sampling.model_copy(update={"threshold": DEFAULT_THRESHOLD})
     positions = np.nonzero(layout.slot_of >= 0)[0]
     if len(positions) == 0:  # everything is fixed (e.g. a schema slot whose value is a const)
-        return Schedule((), (), sampling.threshold, sampling.strategy, sampling.temperature, cfg_scale)
+        return Schedule(
+            (),
+            (),
+            sampling.threshold,
+            sampling.strategy,
+            sampling.temperature,
+            cfg_scale,
+            sampling.length,
+            sampling.remask,
+        )
     first, last = int(positions[0]), int(positions[-1]) + 1
     if sampling.block_length is None:
         blocks = [(first, last)]
@@ -716,4 +727,6 @@ def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float) -> Schedule:
         strategy=sampling.strategy,
         temperature=sampling.temperature,
         cfg_scale=cfg_scale,
+        length=sampling.length,
+        remask=sampling.remask,
     )

@@ -168,7 +168,7 @@ class Slot(_Model):
 
 Part = Annotated[Union[Text, Slot], Field(discriminator="kind")]
 
-Strategy = Literal["low_confidence", "margin", "entropy", "random"]
+Strategy = Literal["low_confidence", "margin", "entropy", "random", "structure_first"]
 
 
 class Guidance(_Model):
@@ -228,6 +228,21 @@ class Guidance(_Model):
         )
 
 
+class Remask(_Model):
+    """Low-confidence remasking (self-correction, ReMDM's confidence rule): a committed slot token
+    whose constrained confidence when it was committed was below ``below`` goes back to the mask
+    once the model has seen ``settle`` more steps of context, the least confident first, at most
+    ``per_step`` per step, ``budget`` times the slot positions in all, each position once. The
+    model then predicts it again with what has filled in since. Anchors are never remasked;
+    grammar slots (decoded left to right) are left alone. Removing commits keeps every slot
+    completable, so constraints stay exact."""
+
+    below: float = Field(default=0.3, gt=0.0, le=1.0)
+    per_step: int = Field(default=4, gt=0)
+    budget: float = Field(default=0.25, gt=0.0, le=1.0)
+    settle: int = Field(default=1, ge=1)
+
+
 class Sampling(_Model):
     """How the canvas is denoised.
 
@@ -240,9 +255,15 @@ class Sampling(_Model):
       several positions per forward pass at the quality of one per step (``benchmarks/decoding.py``).
     * ``block_length``: semi-autoregressive blocks of this many canvas positions; ``None`` = the
       whole canvas at once.
-    * ``strategy``: which candidates to commit first.
+    * ``strategy``: which candidates to commit first; ``structure_first`` commits structural
+      tokens (JSON / grammar punctuation, the end of a value) before the words they frame.
     * ``temperature``: 0 is greedy; confidences always come from the model's own distribution
       restricted to the constraint.
+    * ``length``: ``"fixed"`` (every "at most n" slot costs its ``n`` positions on every forward
+      pass) or ``"adaptive"``: such a slot starts short and grows while the model is not ready to
+      end it, and its committed pad tail leaves the canvas, so later passes are shorter.
+    * ``remask``: self-correction (a :class:`Remask` policy, or ``True`` for the default one):
+      committed slot tokens the model no longer believes go back to the mask; anchors never.
     """
 
     steps: int | None = Field(default=None, gt=0)
@@ -251,6 +272,17 @@ class Sampling(_Model):
     block_length: int | None = Field(default=None, gt=0)
     strategy: Strategy = "low_confidence"
     temperature: float = Field(default=0.0, ge=0.0)
+    length: Literal["fixed", "adaptive"] = "fixed"
+    remask: Remask | None = None
+
+    @field_validator("remask", mode="before")
+    @classmethod
+    def _remask_shorthand(cls, value: Any) -> Any:
+        if value is True or value == "low_confidence":
+            return Remask()
+        if value is False or value == "off":
+            return None
+        return value
 
     @model_validator(mode="after")
     def _one_budget(self) -> Sampling:

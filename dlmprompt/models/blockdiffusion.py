@@ -252,6 +252,7 @@ class DiffusionGemmaDenoiser:
                 continue
             r.steps += 1
             r.passes += 1
+            r.positions += len(r.canvas)
             view = r.canvas.copy()
             sel = inside & ~fixed[i]
             pos = np.arange(cur, cur + len(inside))[sel]

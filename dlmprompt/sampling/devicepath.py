@@ -66,6 +66,8 @@ def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
             return False  # edge-list automata (grounded slots over long texts) run on the host
         if r.program.guidance is not None:
             return False  # guidance terms beyond CFG (dlmprompt.guidance) run on the host
+        if r.window or r.remask is not None or r.sched.strategy == "structure_first":
+            return False  # adaptive length, remasking and structure first run on the host
     if mode == "device":
         return True
     dev = getattr(denoiser, "device", None)
@@ -437,6 +439,7 @@ class DeviceRun:
             st.canvas = new[b, :n]
         for r in rows:
             r.passes += 2 if r.sched.cfg_scale > 0 else 1
+            r.positions += (2 if r.sched.cfg_scale > 0 else 1) * len(r.canvas)
         if events:
             out = []
             for b, (r, k) in enumerate(zip(rows, ks)):

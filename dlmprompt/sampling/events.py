@@ -60,6 +60,7 @@ class Result:
     steps: int
     forward_passes: int
     program: Program = field(repr=False)
+    canvas_positions: int = 0  # canvas positions the model processed, summed over forward passes
 
     def __getitem__(self, name: str) -> str:
         try:

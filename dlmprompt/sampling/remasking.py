@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -49,11 +51,37 @@ _STRATEGIES = {
     "margin": Remasking("margin", True, _margin),
     "entropy": Remasking("entropy", True, _entropy),
     "random": Remasking("random", False, _random),
+    # ranks as low_confidence; the row puts structural tokens first (Row.step_phases)
+    "structure_first": Remasking("structure_first", False, _low_confidence),
 }
+
+# JSON / grammar punctuation: a token whose text, without spaces, is made of these only
+_STRUCTURE_CHARS = set('{}[],:"()<>;=')
+_STRUCTURAL: dict[str, np.ndarray] = {}
+
+
+def structural_tokens(tokenizer: Any) -> np.ndarray:
+    """Bool ``[V]``: the tokens that decide structure rather than words, for ``structure_first``:
+    punctuation of JSON and most grammars, and the pad token (the end of a value)."""
+    key = tokenizer.identity
+    hit = _STRUCTURAL.get(key)
+    if hit is None:
+        v = tokenizer.vocab_size
+        hit = np.zeros(v, dtype=bool)
+        for t, raw in enumerate(tokenizer.token_bytes):
+            text = (raw or b"").strip()
+            hit[t] = bool(text) and set(text.decode("latin-1")) <= _STRUCTURE_CHARS
+        if tokenizer.pad_id is not None:
+            hit[tokenizer.pad_id] = True
+        for special in (tokenizer.mask_id, getattr(tokenizer, "eos_id", None), getattr(tokenizer, "bos_id", None)):
+            if special is not None and special != tokenizer.pad_id and 0 <= special < v:
+                hit[special] = False
+        _STRUCTURAL[key] = hit
+    return hit
 
 
 def make_remasking(name: str) -> Remasking:
-    """The strategy called ``name``: low_confidence, margin, entropy or random."""
+    """The strategy called ``name``: low_confidence, margin, entropy, random or structure_first."""
     try:
         return _STRATEGIES[name]
     except KeyError:

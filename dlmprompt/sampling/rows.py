@@ -19,7 +19,7 @@ from dlmprompt.denoiser import describe
 from dlmprompt.errors import BackendError
 from dlmprompt.sampling.chain import FLOOR, ChainResult, run_chains
 from dlmprompt.sampling.events import Capture, Result, Step
-from dlmprompt.sampling.remasking import make_remasking
+from dlmprompt.sampling.remasking import make_remasking, structural_tokens
 
 _CHUNK = 128  # rows of [chunk, V] temporaries at a time
 
@@ -95,6 +95,26 @@ def gumbel(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return -torch.log(-torch.log(u.clamp_(min=1e-300)))
 
 
+# adaptive length (``Sampling.length="adaptive"``): an "at most n" slot starts with this many
+# positions (or the fewest its constraint needs) and doubles while the tail the model would pad
+# (masked positions with pad at least GROW_BELOW likely) is under SLACK of its window. Measured on
+# training-distribution records (seed 777, not a benchmark set): starting at 16, or growing at a
+# slack of 0.4 or 0.5, gave worse values and (0.4, 0.5) windows the model is unsure in
+ADAPTIVE_START = 32
+GROW_BELOW = 0.5
+SLACK = 0.25  # grow while fewer than this share of the window is the tail the model would pad
+
+
+def _fewest(auto: TokenAutomaton, up_to: int) -> int:
+    """The fewest positions a padded slot of ``auto`` needs (cached per automaton and bound)."""
+    cache = auto.__dict__.setdefault("_fewest", {})
+    hit = cache.get(up_to)
+    if hit is None:
+        ok = np.nonzero(auto.feasible_lengths(up_to))[0]
+        hit = cache[up_to] = int(ok[0]) if len(ok) else up_to
+    return hit
+
+
 class Row:
     def __init__(self, row: int, program: Program, generator: torch.Generator) -> None:
         self.row = row
@@ -110,6 +130,25 @@ class Row:
         self.slot_of = program.layout.slot_of
         self.cursors: dict[int, Any] = {}
         self.device_state: Any = None  # devicepath._RowState once the row runs on the device path
+        self.positions = 0  # canvas positions the model processed, summed over passes
+        # adaptive length: slot index -> how many of its positions the model sees (the rest of the
+        # slot holds pad on the canvas and stays out of the forward pass)
+        self.window: dict[int, int] = {}
+        self.frozen: set[int] = set()  # slots that grew this step: no commits until the next pass
+        self.remask = self.sched.remask
+        self.remasked = 0  # positions returned to the mask so far
+        self.held = np.zeros(len(self.canvas), dtype=bool)  # remasked this step: not candidates yet
+        self.committed_at = np.full(len(self.canvas), -1, dtype=np.int64)  # step of each commit
+        self.commit_conf = np.ones(len(self.canvas), dtype=np.float64)  # its confidence then
+        self.was_remasked = np.zeros(len(self.canvas), dtype=bool)
+        if self.sched.length == "adaptive":
+            pad = program.pad_id
+            for s in program.layout.slots:
+                if s.mode != "at_most" or s.grammar is not None or s.automaton.pad_class is None or pad is None:
+                    continue
+                w = min(s.length, max(ADAPTIVE_START, _fewest(s.automaton, s.length)))
+                self.window[s.index] = w
+                self.canvas[s.start + w : s.stop] = pad
         for s in program.layout.slots:
             if s.grammar is not None:
                 from dlmprompt.constraints.grammar import GrammarCursor
@@ -127,6 +166,127 @@ class Row:
         c = self.canvas.copy()
         c[self.program.layout.prompt] = self.program.mask_id
         return c
+
+    # ------------------------------------------------------------------ adaptive length
+    def view(self) -> np.ndarray | None:
+        """The canvas positions the model sees this pass (None: all of them). Adaptive slots show
+        their window: positions up to their first committed pad, or up to their current length."""
+        if not self.window:
+            return None
+        keep = np.ones(len(self.canvas), dtype=bool)
+        for s in self.program.layout.slots:
+            w = self.window.get(s.index)
+            if w is not None and w < s.length:
+                keep[s.start + w : s.stop] = False
+        return None if keep.all() else np.nonzero(keep)[0]
+
+    def grow(self, logits: torch.Tensor) -> None:
+        """Lengthen every adaptive slot the model is not ready to end. Its *slack* is the run of
+        positions at the end of its window that the model would rather pad (masked, pad at least
+        ``GROW_BELOW`` likely); a model trained on padded slots always ends a slot with a pad or
+        two, so a slack under a quarter of the window (at least 2) says the value wants more room.
+        The slot then doubles, up to its ``max_tokens``; the new positions are masked (their pad
+        was a placeholder: no pad had been committed in the slot) and the slot commits nothing
+        until the next pass has seen them. Growing only adds positions a pad may fill, so the slot
+        stays completable."""
+        self.frozen = set()
+        if not self.window or self.done:
+            return
+        prog = self.program
+        pad, mask_id = int(prog.pad_id), prog.mask_id  # type: ignore[arg-type]
+        a = self.sched.blocks[self.block][0]
+        ask: list[tuple[SlotLayout, int]] = []
+        for s in prog.layout.slots:
+            w = self.window.get(s.index)
+            if w is None or w >= s.length or s.start + w < a:
+                continue
+            if (self.canvas[s.start : s.start + w] == pad).any():
+                continue  # the value has ended
+            ask.append((s, w))
+        if not ask:
+            return
+        at = np.concatenate([np.arange(s.start, s.start + w) for s, w in ask])
+        lg = clean_logits(logits[torch.from_numpy(at).to(logits.device)])
+        p_pad = (lg[:, pad] - torch.logsumexp(lg, dim=-1)).exp().cpu().numpy()
+        k = 0
+        for s, w in ask:
+            seg = self.canvas[s.start : s.start + w]
+            padlike = (seg == mask_id) & (p_pad[k : k + w] >= GROW_BELOW)
+            k += w
+            slack = w - (int(np.nonzero(~padlike)[0][-1]) + 1) if not padlike.all() else w
+            if slack >= max(2, int(w * SLACK)):
+                continue
+            nw = min(s.length, 2 * w)
+            self.canvas[s.start + w : s.start + nw] = mask_id
+            self.window[s.index] = nw
+            self.frozen.add(s.index)
+
+    def fixed_length(self) -> None:
+        """Give up adaptive length before the first step (a denoiser with its own loop)."""
+        for s in self.program.layout.slots:
+            if s.index in self.window:
+                self.canvas[s.start + self.window[s.index] : s.stop] = self.program.mask_id
+        self.window = {}
+
+    def _cut_pad_tails(self) -> None:
+        """After commits: an adaptive slot with a committed pad ends there (the automaton allows
+        only pad after pad), so its later positions are set to pad. Once nothing before that pad
+        is masked, the value is final and its pad tail but one leaves the forward pass (not
+        before: the model reads a value's length from the pads after it, and cutting them early
+        shortened values on training-distribution records)."""
+        pad, mask_id = self.program.pad_id, self.program.mask_id
+        for s in self.program.layout.slots:
+            w = self.window.get(s.index)
+            if w is None:
+                continue
+            seg = self.canvas[s.start : s.start + w]
+            hit = np.nonzero(seg == pad)[0]
+            if not len(hit):
+                continue
+            self.canvas[s.start + hit[0] + 1 : s.stop] = pad
+            if hit[0] + 1 < w and not (seg[: hit[0]] == mask_id).any():
+                self.window[s.index] = int(hit[0]) + 1
+
+    # ------------------------------------------------------------------ self-correction
+    def do_remask(self, logits: torch.Tensor) -> np.ndarray:
+        """Low-confidence remasking (``Sampling.remask``, ReMDM's confidence rule): committed slot
+        tokens of the current block whose constrained confidence when committed was below the
+        policy's bound go back to the mask, the least confident first, each at most once, so the
+        model predicts them again with the context that has filled in since. Only commits:
+        never anchors, never grammar slots, never pads set by a pad tail cut.
+
+        (A masked model's prediction at a position it can see is untrained, so a committed
+        token's current probability is no signal: on training-distribution records it remasked
+        tokens that came back unchanged, pass after pass.)"""
+        self.held[:] = False
+        pol = self.remask
+        if pol is None or self.done:
+            return np.zeros(0, dtype=np.int64)
+        prog = self.program
+        slot_pos = self.slot_of >= 0
+        budget = int(pol.budget * int(slot_pos.sum())) - self.remasked
+        if budget <= 0:
+            return np.zeros(0, dtype=np.int64)
+        a, z = self.sched.blocks[self.block]
+        ok = slot_pos & (self.canvas != prog.mask_id) & (self.committed_at >= 0) & ~self.was_remasked
+        ok &= self.committed_at <= self.steps - pol.settle
+        ok &= self.commit_conf < pol.below
+        ok[:a] = False
+        ok[z:] = False
+        for s in prog.layout.slots:
+            if s.grammar is not None:
+                ok[s.start : s.stop] = False
+        pos = np.nonzero(ok)[0]
+        if len(pos) == 0:
+            return pos
+        pos = pos[np.argsort(self.commit_conf[pos], kind="stable")][: min(pol.per_step, budget)]
+        out = np.sort(pos)
+        self.canvas[out] = prog.mask_id
+        self.committed_at[out] = -1
+        self.held[out] = True
+        self.was_remasked[out] = True
+        self.remasked += len(out)
+        return out
 
     # ------------------------------------------------------------------ one step
     def step(self, logits: torch.Tensor) -> Step:
@@ -166,7 +326,9 @@ class Row:
             pos = np.nonzero(masked[slot.start : slot.stop])[0] + slot.start
             if len(pos) == 0:
                 continue
-            want = in_block[pos]
+            want = in_block[pos] & ~self.held[pos]
+            if slot.index in self.frozen:
+                want[:] = False
             if not want.any():
                 continue
             groups.setdefault(id(slot.automaton), []).append((slot, pos, want))
@@ -210,8 +372,18 @@ class Row:
             # one transfer to the host for the whole row: scores, tokens, confidences
             (host,) = yield [torch.stack([score.double(), tokens.double(), conf.double()])]
             score_np, tok_np, conf_np = host[0], host[1].astype(np.int64), host[2]
+            structural = None
+            if self.sched.strategy == "structure_first":  # structural decisions before words
+                structural = structural_tokens(prog.tokenizer)[tok_np]
+                score_np = score_np + 2.0 * structural
             if self.sched.threshold is not None:
                 pick_np = np.nonzero(conf_np >= self.sched.threshold)[0]
+                if structural is not None:
+                    # while structural candidates are confident enough (half the threshold),
+                    # only they are committed; the words wait for the structure around them
+                    first = np.nonzero(structural & (conf_np >= self.sched.threshold / 2))[0]
+                    if len(first):
+                        pick_np = first
                 if len(pick_np) == 0 and len(chosen) == 0:
                     pick_np = np.array([int(np.argmax(score_np))])
             else:
@@ -224,9 +396,14 @@ class Row:
             chosen_tok = np.concatenate([chosen_tok, tok_np[pick_np]])
             chosen_conf = np.concatenate([chosen_conf, conf_np[pick_np]])
         self.canvas[chosen] = chosen_tok
+        self.committed_at[chosen] = self.steps
+        self.commit_conf[chosen] = chosen_conf
+        if self.window:
+            self._cut_pad_tails()
         self.steps += 1
         self.step_in_block += 1
-        if not self.masked()[a:z].any():
+        masked = self.masked()
+        while not self.done and not masked[slice(*self.sched.blocks[self.block])].any():
             self.block += 1
             self.step_in_block = 0
         return Step(
@@ -436,6 +613,7 @@ class Row:
             steps=self.steps,
             forward_passes=self.passes,
             program=prog,
+            canvas_positions=self.positions,
         )
 
 
@@ -562,7 +740,12 @@ class NonFiniteLogits(BackendError):
     """The model returned no finite logit (all NaN / inf) at a position the row still has masked."""
 
 
-def check_finite(denoiser: Any, logits: torch.Tensor, owners: Sequence[tuple[Row, bool]]) -> None:
+def check_finite(
+    denoiser: Any,
+    logits: torch.Tensor,
+    owners: Sequence[tuple[Row, bool]],
+    views: dict[int, np.ndarray | None] | None = None,
+) -> None:
     """Raise :class:`NonFiniteLogits` when a row's logits at one of its masked positions hold no
     finite value (sampling from them would commit arbitrary, if valid, tokens). A few NaN or
     -inf tokens among finite ones are scored as impossible, as before."""
@@ -573,11 +756,14 @@ def check_finite(denoiser: Any, logits: torch.Tensor, owners: Sequence[tuple[Row
         return
     hit = []
     for i, (r, uncond) in enumerate(owners):
-        flagged = torch.nonzero(suspect[i, : len(r.canvas)]).flatten()
+        view = None if views is None else views.get(id(r))
+        flagged = torch.nonzero(suspect[i, : len(r.canvas) if view is None else len(view)]).flatten()
         if len(flagged) == 0:
             continue
         bad = ~torch.isfinite(logits[i, flagged]).any(-1)
         at = flagged[bad].cpu().numpy()
+        if view is not None:  # view index -> canvas position
+            at = view[at]
         at = at[r.masked()[at]]
         if len(at):
             hit.append(f"row {r.row}{' (unconditional pass)' if uncond else ''} at positions {at[:5].tolist()}")

@@ -87,6 +87,8 @@ def _run(denoiser: Any, rows: list[Row], events: bool = True) -> Iterator[Step]:
     from dlmprompt.sampling import devicepath
 
     if hasattr(denoiser, "block_sample"):  # uniform-noise block diffusion (DiffusionGemma)
+        for r in rows:
+            r.fixed_length()  # its blocks have a fixed length of their own
         yield from denoiser.block_sample(rows)
         return
     # each row's path depends on its own program alone, so a batch gives what its rows give alone
@@ -136,14 +138,20 @@ def forward_step(denoiser: Any, active: Sequence[Row]) -> list[Step]:
 def _host_forward_step(denoiser: Any, active: Sequence[Row], finished: list[Step | None] | None = None) -> list[Step]:
     seqs: list[np.ndarray] = []
     owners: list[tuple[Row, bool]] = []
+    views: dict[int, np.ndarray | None] = {}
     for r in active:
-        seqs.append(r.canvas)
+        view = views[id(r)] = r.view()  # adaptive length: the slots' windows only
+        seq = r.canvas if view is None else r.canvas[view]
+        seqs.append(seq)
         owners.append((r, False))
         r.passes += 1
+        r.positions += len(seq)
         if r.sched.cfg_scale > 0:
-            seqs.append(r.uncond_canvas())
+            un = r.uncond_canvas()
+            seqs.append(un if view is None else un[view])
             owners.append((r, True))
             r.passes += 1
+            r.positions += len(seq)
     width = max(len(s) for s in seqs)
     first = active[0].program
     pad = first.pad_id if first.pad_id is not None else 0
@@ -161,10 +169,16 @@ def _host_forward_step(denoiser: Any, active: Sequence[Row], finished: list[Step
     with torch.no_grad():
         logits = denoiser(ids_t, att_t)
     check_logits(denoiser, logits, len(seqs), width, first.tokenizer.vocab_size)
-    check_finite(denoiser, logits, owners)
+    check_finite(denoiser, logits, owners, views)
     by_row: dict[int, list[torch.Tensor]] = {}
     for i, (r, _uncond) in enumerate(owners):
-        by_row.setdefault(id(r), []).append(logits[i, : len(r.canvas)])
+        view = views[id(r)]
+        if view is None:
+            by_row.setdefault(id(r), []).append(logits[i, : len(r.canvas)])
+        else:  # back to canvas coordinates; positions out of the view are never read
+            back = np.zeros(len(r.canvas), dtype=np.int64)
+            back[view] = np.arange(len(view))
+            by_row.setdefault(id(r), []).append(logits[i].index_select(0, torch.from_numpy(back).to(logits.device)))
     phases = []
     for r in active:
         parts = by_row[id(r)]
@@ -178,6 +192,8 @@ def _host_forward_step(denoiser: Any, active: Sequence[Row], finished: list[Step
             lg = un + (s + 1.0) * (lg.float() - un)
         if guide is not None and guide.reweights:
             lg = reweight(guide, lg, r)
+        r.grow(lg)
+        r.do_remask(lg)
         phases.append(r.step_phases(lg))
     return drive(phases, finished)
 
