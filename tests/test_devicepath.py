@@ -90,7 +90,7 @@ def test_impossible_chain_is_flagged_not_filled() -> None:
 
 
 def _prompts() -> list[Prompt]:
-    # step-count schedules (the device path's); the default confidence threshold runs on the host
+    # step-count schedules; the tests add confidence thresholds
     return [
         (
             Prompt("Name: ")
@@ -108,10 +108,12 @@ def _prompts() -> list[Prompt]:
     ]
 
 
+@pytest.mark.parametrize("threshold", [None, 0.5, 0.9])
 @pytest.mark.parametrize("strategy", ["low_confidence", "margin", "entropy"])
-def test_greedy_device_path_equals_host_path(byte_tok, monkeypatch, strategy) -> None:
+def test_greedy_device_path_equals_host_path(byte_tok, monkeypatch, strategy, threshold) -> None:
     """At temperature 0 both paths are deterministic and run the same algorithm (max-product
-    assignment, per-class best token, constrained confidences): the same canvases and step counts."""
+    assignment, per-class best token, constrained confidences): the same canvases and step counts,
+    for step counts and for confidence thresholds (the device picks how many it commits)."""
     from dlmprompt.sampling import devicepath
 
     runs = []
@@ -123,7 +125,8 @@ def test_greedy_device_path_equals_host_path(byte_tok, monkeypatch, strategy) ->
 
     monkeypatch.setattr(devicepath.DeviceRun, "__init__", counting_init)
     den = RandomDenoiser(byte_tok, seed=3)
-    progs = [compile(p.with_sampling(temperature=0.0, strategy=strategy), byte_tok) for p in _prompts()]
+    extra = {} if threshold is None else {"threshold": threshold}
+    progs = [compile(p.with_sampling(temperature=0.0, strategy=strategy, **extra), byte_tok) for p in _prompts()]
     out = {}
     for mode in ("host", "device"):
         monkeypatch.setenv("DLMPROMPT_SAMPLER", mode)
@@ -132,14 +135,19 @@ def test_greedy_device_path_equals_host_path(byte_tok, monkeypatch, strategy) ->
     for h, d in zip(out["host"], out["device"]):
         assert np.array_equal(h.canvas, d.canvas)
         assert (h.steps, h.forward_passes) == (d.steps, d.forward_passes)
+        if threshold is not None:  # several positions per pass, as the host path commits them
+            assert h.steps < int((h.program.layout.slot_of >= 0).sum())
 
 
-def test_step_events_rebuild_the_canvas_generate_reads_once(byte_tok, device_path) -> None:
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_step_events_rebuild_the_canvas_generate_reads_once(byte_tok, device_path, threshold) -> None:
     """``sample()`` reads each step back (its event); ``generate()`` without ``on_step`` reads the
     canvas once at the end. Same seeds, same result; the events commit masked slot positions only,
-    exactly the schedule's number per step, and replay into the final canvas."""
+    the schedule's number per step (or the device's count under a threshold), and replay into the
+    final canvas."""
     den = RandomDenoiser(byte_tok, seed=5)
-    progs = [compile(p.with_sampling(temperature=1.0), byte_tok) for p in _prompts()]
+    extra = {} if threshold is None else {"threshold": threshold}
+    progs = [compile(p.with_sampling(temperature=1.0, **extra), byte_tok) for p in _prompts()]
     final = generate(den, progs, generator=torch.Generator().manual_seed(7))
     canvases = [p.layout.canvas.copy() for p in progs]
     per_row: dict[int, list[int]] = {0: [], 1: []}
@@ -158,7 +166,7 @@ def test_step_events_rebuild_the_canvas_generate_reads_once(byte_tok, device_pat
 
 
 def test_rows_the_device_path_cannot_take_run_on_the_host(byte_tok, device_path, monkeypatch) -> None:
-    """Grammar slots and confidence thresholds stay on the host path; a bad setting is named."""
+    """Grammar slots stay on the host path (confidence thresholds no longer do); a bad setting is named."""
     from dlmprompt.sampling import devicepath
     from dlmprompt.sampling.rows import Row
 
@@ -167,7 +175,7 @@ def test_rows_the_device_path_cannot_take_run_on_the_host(byte_tok, device_path,
     thresh = compile(_prompts()[0].with_sampling(threshold=0.5), byte_tok)
     gram = compile(Prompt("x=") + slot("g", grammar='start: "a"+ "b"', max_tokens=4), byte_tok)
     rows = [Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate([plain, thresh, gram])]
-    assert [devicepath.eligible(den, [r]) for r in rows] == [True, False, False]
+    assert [devicepath.eligible(den, [r]) for r in rows] == [True, True, False]
     monkeypatch.setenv("DLMPROMPT_SAMPLER", "gpu")
     with pytest.raises(ValueError, match=r"DLMPROMPT_SAMPLER='gpu'.*auto, device or host"):
         devicepath.eligible(den, rows[:1])

@@ -136,8 +136,9 @@ def test_device_path_waits_for_nothing_between_steps() -> None:
         + slot("note", max_tokens=5)
     )
     progs = [
-        compile(prompt.with_sampling(temperature=1.0, block_length=8), tok),
-        compile(prompt.with_sampling(temperature=0.0, strategy="margin"), tok),
+        # fixed step counts: a confidence threshold reads each step's count back (one small wait)
+        compile(prompt.with_sampling(temperature=1.0, block_length=8, tokens_per_step=2), tok),
+        compile(prompt.with_sampling(temperature=0.0, strategy="margin", steps=6), tok),
     ]
     for mode in ("warn", "error"):  # the first run builds the plans and class tables (warns only)
         rows = [Row(i, p, torch.Generator().manual_seed(i)) for i, p in enumerate(progs)]

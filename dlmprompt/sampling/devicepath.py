@@ -20,8 +20,11 @@ about e^-160 below that token counts as a zero-probability class (the floor weig
 possible, chosen only when nothing likelier is) instead of keeping its exact tiny weight, which
 the host path keeps.
 
-Used on CUDA devices for rows without grammar slots and with fixed step counts (no confidence
-threshold); everything else runs the host path. ``DLMPROMPT_SAMPLER=device`` forces it on
+Used on CUDA devices for rows without grammar slots, adaptive length, remasking, structure_first
+or guidance terms beyond CFG; everything else runs the host path. With a confidence threshold
+the device picks how many positions each row commits (every candidate at least that sure, at
+least one), and the host reads that count back with the step (one small transfer per step,
+which a fixed step count does not need). ``DLMPROMPT_SAMPLER=device`` forces it on
 any device (the CPU tests run it so), ``host`` turns it off.
 """
 
@@ -60,7 +63,7 @@ def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
     for r in rows:
         if r.device_state is not None:  # a row that started on the device path stays there
             continue
-        if r.cursors or r.sched.threshold is not None or r.steps or r.block:
+        if r.cursors or r.steps or r.block:
             return False
         if any(getattr(s.automaton, "sparse", False) for s in r.program.layout.slots):
             return False  # edge-list automata (grounded slots over long texts) run on the host
@@ -417,19 +420,27 @@ class DeviceRun:
         states = [_RowState.of(r, self.device) for r in rows]
         ks = []
         for r, st in zip(rows, states):
+            if r.sched.threshold is not None:  # up to every position left; the device decides
+                ks.append(st.left)
+                continue
             counts = r.sched.counts[r.block]
             k = counts[r.step_in_block] if r.step_in_block < len(counts) else st.left
             ks.append(min(k, st.left))
         lengths = [len(r.canvas) for r in rows]
         saved = [st.gen.get_state() for st in states]  # host-side seed and offset: no wait
         out = None
+        thresholds = any(r.sched.threshold is not None for r in rows)
         try:
-            new, picked = self._step(rows, states, ks, lengths)
-            if events:
-                host = torch.cat([picked.reshape(-1).double(), self.bad.double().reshape(1)]).cpu().numpy()
+            new, picked, k_dev = self._step(rows, states, ks, lengths)
+            if events or thresholds:
+                # threshold rows: how many they committed is read back with the step's events
+                # (or alone: the host keeps count of each block's masked positions)
+                parts = [picked.reshape(-1).double()] if events else []
+                host = torch.cat([*parts, k_dev.double(), self.bad.double().reshape(1)]).cpu().numpy()
                 if host[-1]:
                     raise _internal_error()
-                host = host[:-1].reshape(picked.shape)
+                ks = [int(k) for k in host[-1 - len(rows) : -1]]
+                host = host[: -1 - len(rows)].reshape(picked.shape) if events else None
         except Exception:
             for st, g in zip(states, saved):  # a failed step draws nothing either
                 st.gen.set_state(g)
@@ -481,8 +492,9 @@ class DeviceRun:
     # ------------------------------------------------------------------ step
     def _step(
         self, rows: Sequence[Any], states: Sequence[_RowState], ks: list[int], lengths: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's new canvases [B, width] and what it picked (nothing changes yet)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step's new canvases [B, width], what it picked and how many positions each row
+        commits (nothing changes yet)."""
         dev = self.device
         width = max(lengths)
         plan = _plan(rows, width, dev)
@@ -516,7 +528,7 @@ class DeviceRun:
         ks: list[int],
         canvas: torch.Tensor,
         flat: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dev = self.device
         v = plan.v
         b_n = len(rows)
@@ -619,13 +631,25 @@ class DeviceRun:
         # commit the k best of each row (stable: ties go to the leftmost position)
         kmax = max(ks)
         dense = dense.view(b_n, width)
-        order = torch.sort(dense, dim=1, descending=True, stable=True).indices[:, :kmax]
         k_t = torch.tensor(ks, dtype=torch.int64).to(dev, non_blocking=True)
+        thr = [r.sched.threshold for r in rows]
+        if all(t is None for t in thr):
+            order = torch.sort(dense, dim=1, descending=True, stable=True).indices[:, :kmax]
+        else:
+            # confidence thresholds: every candidate at least this sure, best score first, and the
+            # best one when none is; the count is chosen here, on the device
+            thr_t = torch.tensor([2.0 if t is None else t for t in thr], dtype=torch.float64).to(dev, non_blocking=True)
+            order = torch.sort(dense, dim=1, descending=True, stable=True).indices
+            sure = (conf_d.view(b_n, width).gather(1, order) >= thr_t[:, None]) & (dense.gather(1, order) > -torch.inf)
+            order = order.gather(1, torch.sort(sure.to(torch.int8), dim=1, descending=True, stable=True).indices)
+            order = order[:, :kmax]
+            is_thr = torch.tensor([t is not None for t in thr]).to(dev, non_blocking=True)
+            k_t = torch.where(is_thr, torch.minimum(sure.sum(1).clamp(min=1), k_t), k_t)
         take = torch.arange(kmax, device=dev)[None, :] < k_t[:, None]
         cur = canvas.gather(1, order)
         new = torch.where(take, tok_d.view(b_n, width).gather(1, order), cur)
         picked = torch.stack([order.double(), new.double(), conf_d.view(b_n, width).gather(1, order)])
-        return canvas.scatter(1, order, new), picked
+        return canvas.scatter(1, order, new), picked, k_t
 
     @staticmethod
     def _trivial_w(triv: torch.Tensor, c1: int) -> torch.Tensor:

@@ -87,6 +87,7 @@ def _result(prompt: Prompt, data: dict[str, Any]) -> Any:
         steps=data["steps"],
         forward_passes=data["forward_passes"],
         program=None,  # type: ignore[arg-type]  # compiled on the server
+        canvas_positions=data.get("canvas_positions", 0),
     )
 
 

@@ -287,6 +287,7 @@ class Server:
             "captures": caps,
             "steps": result.steps,
             "forward_passes": result.forward_passes,
+            "canvas_positions": result.canvas_positions,
             "canvas": result.canvas.tolist(),
         }
 
