@@ -16,9 +16,10 @@ For each configuration and each extraction set it reports:
 Sets: ``read_heldout`` (held-out documents of the read-and-copy training grammar, a seed the
 training never saw) and ``ood`` (``benchmarks/ood_extraction.py``: its own templates and values
 plus hand-written sentences, never trained on). Configurations: one position per step
-(``tokens_per_step=1``, the default before), ``tokens_per_step`` 2 and 4, confidence thresholds,
-the default schedule (no schedule given: ``threshold=0.9``), the repetition and frequency
-penalties (one position per step), and combinations.
+(``tokens_per_step=1``, the default of earlier versions), ``tokens_per_step`` 2 and 4, confidence
+thresholds (fixed length), the default (nothing given: ``threshold=0.9``, ``length="adaptive"``),
+the repetition and frequency penalties (one position per step), adaptive length, low-confidence
+remasking, and combinations.
 
 Also: a free-text slot of ``max_tokens=256`` holding the whole record (20-40 tokens), fixed and
 adaptive length (``field_recall``: share of the gold ``"field": value`` pieces in the text,
@@ -51,24 +52,28 @@ from ood_extraction import ood_documents
 
 HELD_OUT_SEED = 424242
 CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {  # name: (sampling, guidance)
-    "one_per_step": ({"tokens_per_step": 1}, {}),
-    "tokens_per_step_2": ({"tokens_per_step": 2}, {}),
-    "tokens_per_step_4": ({"tokens_per_step": 4}, {}),
-    "threshold_0.9": ({"threshold": 0.9}, {}),
-    "threshold_0.7": ({"threshold": 0.7}, {}),
-    "threshold_0.5": ({"threshold": 0.5}, {}),
-    "default": ({}, {}),  # no schedule given: compiler.DEFAULT_THRESHOLD
-    "repetition_1.3": ({"tokens_per_step": 1}, {"repetition_penalty": 1.3}),
-    "frequency_0.5": ({"tokens_per_step": 1}, {"frequency_penalty": 0.5}),
-    "threshold_0.7+repetition_1.3": ({"threshold": 0.7}, {"repetition_penalty": 1.3}),
+    "one_per_step": ({"tokens_per_step": 1, "length": "fixed"}, {}),
+    "tokens_per_step_2": ({"tokens_per_step": 2, "length": "fixed"}, {}),
+    "tokens_per_step_4": ({"tokens_per_step": 4, "length": "fixed"}, {}),
+    "threshold_0.9": ({"threshold": 0.9, "length": "fixed"}, {}),
+    "threshold_0.7": ({"threshold": 0.7, "length": "fixed"}, {}),
+    "threshold_0.5": ({"threshold": 0.5, "length": "fixed"}, {}),
+    "default": ({}, {}),  # nothing given: threshold=0.9 (compiler.DEFAULT_THRESHOLD), length="adaptive"
+    "repetition_1.3": ({"tokens_per_step": 1, "length": "fixed"}, {"repetition_penalty": 1.3}),
+    "frequency_0.5": ({"tokens_per_step": 1, "length": "fixed"}, {"frequency_penalty": 0.5}),
+    "threshold_0.7+repetition_1.3": ({"threshold": 0.7, "length": "fixed"}, {"repetition_penalty": 1.3}),
     "adaptive": ({"length": "adaptive"}, {}),
-    "remask_one_per_step": ({"tokens_per_step": 1, "remask": True}, {}),
-    "remask": ({"remask": True}, {}),
+    "remask_one_per_step": ({"tokens_per_step": 1, "length": "fixed", "remask": True}, {}),
+    "remask": ({"length": "fixed", "remask": True}, {}),
     "adaptive+remask": ({"length": "adaptive", "remask": True}, {}),
     "adaptive+remask+repetition_1.3": ({"length": "adaptive", "remask": True}, {"repetition_penalty": 1.3}),
 }
 # a free-text slot far longer than its answers (the whole record as JSON, 20-40 tokens)
-FREE_CONFIGS = {"fixed": {"length": "fixed"}, "adaptive": {"length": "adaptive"}}
+FREE_CONFIGS = {
+    "fixed": {"length": "fixed"},
+    "fixed_12_steps": {"length": "fixed", "steps": 12},  # about the adaptive run's passes
+    "adaptive": {"length": "adaptive"},
+}
 FREE_MAX_TOKENS = 256
 # records as a JSON Schema slot whose properties are optional (open structure: which properties
 # appear is decided on the canvas)
@@ -231,7 +236,16 @@ def run_nested(den: Any, docs: list[dict[str, Any]], sampling: dict[str, Any], b
     }
 
 
+def _fixed_hash_seed() -> None:
+    """Re-run this script with PYTHONHASHSEED=0 unless it is set: the held-out documents come from
+    Faker, whose output depends on string hashing, so without it each run drew other documents."""
+    if os.environ.get("PYTHONHASHSEED") is None and __name__ == "__main__":
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 def main(argv: list[str] | None = None) -> int:
+    _fixed_hash_seed()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-read", type=int, default=60, help="held-out read-and-copy documents")
     ap.add_argument("--n-ood", type=int, default=142, help="out-of-distribution documents (all: 142)")
@@ -241,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-free", type=int, default=16, help="documents for the long free-text slot")
     ap.add_argument("--n-nested", type=int, default=24, help="documents for the optional-property schema")
     ap.add_argument("--skip-free", action="store_true", help="leave out the free-text and schema parts")
+    ap.add_argument("--free-only", default=None, help="free-text configurations to run, comma-separated")
     ap.add_argument("--json", default=None, help="write results here (with --only: merged into the file)")
     args = ap.parse_args(argv)
     names = list(CONFIGS) if args.only is None else [n for n in args.only.split(",") if n]
@@ -271,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             )
     if not args.skip_free:
         free_docs = [d for d in sets["read_heldout"] if record_example(d, den.tokenizer, free_json=False) is not None]
-        out["free_text"] = {}
-        for name, sampling in FREE_CONFIGS.items():
+        out.setdefault("free_text", {})
+        free_names = list(FREE_CONFIGS) if args.free_only is None else args.free_only.split(",")
+        for name, sampling in ((n, FREE_CONFIGS[n]) for n in free_names):
             r = run_free(den, free_docs[: args.n_free], sampling, args.batch)
             out["free_text"][name] = {"sampling": sampling, **r}
             print(f"[{time.perf_counter() - t0:6.1f}s] free text {name}: {r}", file=sys.stderr, flush=True)
-        out["nested"] = {}
-        for name, sampling in NESTED_CONFIGS.items():
+        out.setdefault("nested", {})
+        for name, sampling in NESTED_CONFIGS.items() if args.free_only is None else ():
             r = run_nested(den, free_docs[: args.n_nested], sampling, args.batch)
             out["nested"][name] = {"sampling": sampling, **r}
             print(f"[{time.perf_counter() - t0:6.1f}s] nested {name}: {r}", file=sys.stderr, flush=True)

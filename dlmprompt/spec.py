@@ -259,9 +259,10 @@ class Sampling(_Model):
       tokens (JSON / grammar punctuation, the end of a value) before the words they frame.
     * ``temperature``: 0 is greedy; confidences always come from the model's own distribution
       restricted to the constraint.
-    * ``length``: ``"fixed"`` (every "at most n" slot costs its ``n`` positions on every forward
-      pass) or ``"adaptive"``: such a slot starts short and grows while the model is not ready to
-      end it, and its committed pad tail leaves the canvas, so later passes are shorter.
+    * ``length``: ``"adaptive"`` (the default: an "at most n" slot starts short and grows while
+      the model is not ready to end it, and a finished value's pad tail leaves the forward pass,
+      so passes are shorter) or ``"fixed"`` (every such slot costs its ``n`` positions on every
+      pass, as in earlier versions).
     * ``remask``: self-correction (a :class:`Remask` policy, or ``True`` for the default one):
       committed slot tokens the model no longer believes go back to the mask; anchors never.
     """
@@ -272,7 +273,7 @@ class Sampling(_Model):
     block_length: int | None = Field(default=None, gt=0)
     strategy: Strategy = "low_confidence"
     temperature: float = Field(default=0.0, ge=0.0)
-    length: Literal["fixed", "adaptive"] = "fixed"
+    length: Literal["fixed", "adaptive"] = "adaptive"
     remask: Remask | None = None
 
     @field_validator("remask", mode="before")

@@ -103,9 +103,7 @@ def test_adaptive_length_remasking_and_structure_first_keep_constraints_exact(da
 
 
 def _free(n: int = 48, length: str = "adaptive", **kw):  # type: ignore[no-untyped-def]
-    return compile(
-        (Prompt("x=") + slot("v", max_tokens=n) + ";").with_sampling(length=length, **kw), TOK
-    )
+    return compile((Prompt("x=") + slot("v", max_tokens=n) + ";").with_sampling(length=length, **kw), TOK)
 
 
 def test_a_slot_grows_while_the_model_wants_more_room() -> None:
@@ -155,9 +153,9 @@ def test_the_device_path_leaves_adaptive_remasking_and_structure_first_rows_to_t
     monkeypatch.setenv("DLMPROMPT_SAMPLER", "device")
     den = RandomDenoiser(TOK)
     assert devicepath.eligible(den, [Row(0, _free(8, length="fixed", steps=4), torch.Generator())])
-    for kw in ({"length": "adaptive"}, {"remask": True}, {"strategy": "structure_first"}):
-        kw.setdefault("length", "fixed")
-        assert not devicepath.eligible(den, [Row(0, _free(8, steps=4, **kw), torch.Generator())])
+    assert devicepath.eligible(den, [Row(0, _free(8, steps=4), torch.Generator())])  # fits its window
+    for n, kw in ((48, {}), (8, {"remask": True}), (8, {"strategy": "structure_first"})):
+        assert not devicepath.eligible(den, [Row(0, _free(n, steps=4, **kw), torch.Generator())])
 
 
 def _regressions(prog, den, seed: int = 0) -> int:  # type: ignore[no-untyped-def]
@@ -183,7 +181,12 @@ def test_remasking_returns_committed_tokens_to_the_mask_within_its_budget() -> N
 
 
 def test_remasking_leaves_grammar_slots_and_anchors_alone() -> None:
-    p = Prompt("e: ") + slot("e", grammar='start: "(" start ")" | "x"', max_tokens=9) + " w: " + slot("w", regex="[ab]{4}", tokens=4)
+    p = (
+        Prompt("e: ")
+        + slot("e", grammar='start: "(" start ")" | "x"', max_tokens=9)
+        + " w: "
+        + slot("w", regex="[ab]{4}", tokens=4)
+    )
     prog = compile(p.with_sampling(tokens_per_step=1, remask=EAGER), TOK)
     e = prog.slot("e")
     before = prog.layout.canvas.copy()
@@ -207,7 +210,12 @@ def test_structure_first_commits_punctuation_before_words() -> None:
     struct = structural_tokens(TOK)
     order = {}
     for strategy in ("low_confidence", "structure_first"):
-        prog = compile((Prompt("r: ") + slot("r", schema=schema, max_tokens=8)).with_sampling(tokens_per_step=1, strategy=strategy), TOK)
+        prog = compile(
+            (Prompt("r: ") + slot("r", schema=schema, max_tokens=8)).with_sampling(
+                tokens_per_step=1, strategy=strategy
+            ),
+            TOK,
+        )
         ranks_s, ranks_w = [], []
         for seed in range(6):
             i = 0

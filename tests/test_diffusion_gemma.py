@@ -87,6 +87,13 @@ def test_steps_stream_and_special_cases_are_refused(den) -> None:
         generate(den, Prompt("x") + slot("g", grammar='start: "a" | "b"', max_tokens=2))
     with pytest.raises(BackendError, match="own loop"):
         den(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(BackendError, match="remask= and strategy='structure_first'"):
+        generate(den, (Prompt("x") + slot("a", max_tokens=2)).with_sampling(remask=True))
+    # adaptive length gives way to its fixed blocks: the same canvas as fixed length
+    long = (Prompt("x") + slot("t", max_tokens=40)).with_sampling(steps=2)
+    fixed = generate(den, long, generator=torch.Generator().manual_seed(0))
+    adaptive = generate(den, long.with_sampling(length="adaptive"), generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(fixed.canvas, adaptive.canvas)
 
 
 def test_the_batching_server_refuses_it_clearly(den) -> None:

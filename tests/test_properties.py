@@ -32,7 +32,7 @@ def programs(draw, tok):
         parts.append(slot(f"s{i}", **kw))
         if draw(st.booleans()):
             parts.append(draw(anchors))
-    prompt = Prompt(*parts).with_sampling(**draw(sampling_settings()))
+    prompt = Prompt(*parts).with_sampling(**draw(sampling_settings()), length=draw(st.sampled_from(["fixed", "adaptive"])))
     if draw(st.integers(0, 4)) == 0:
         prompt = prompt.with_guidance(cfg_scale=1.5)
     try:
@@ -55,7 +55,10 @@ def test_every_output_satisfies_every_slot(byte_tok, data) -> None:
     res = generate(den, prog, generator=torch.Generator().manual_seed(seed))
     check_result(prog, res)
     if prog.schedule.steps is not None:
-        assert res.steps == prog.schedule.steps
+        if prog.schedule.length == "fixed":
+            assert res.steps == prog.schedule.steps
+        else:  # adaptive: a finished value's pad tail is set, not committed step by step
+            assert res.steps <= prog.schedule.steps
     assert res.forward_passes == res.steps * (2 if prog.schedule.cfg_scale > 0 else 1)
 
 
@@ -94,10 +97,15 @@ def test_steps_commit_only_masked_slot_positions(byte_tok, data) -> None:
         assert ((step.confidences >= 0) & (step.confidences <= 1.0 + 1e-9)).all()
         assert np.array_equal(step.canvas[step.committed], step.tokens)
         n_steps += 1
-        if prog.schedule.threshold is None:
+        if prog.schedule.threshold is None and prog.schedule.length == "fixed":
             counts = [c for cs in prog.schedule.counts for c in cs]
             assert len(step.committed) == counts[step.index]
-    assert (filled == (prog.layout.slot_of >= 0)).all()
+    if prog.schedule.length == "fixed":
+        assert (filled == (prog.layout.slot_of >= 0)).all()
+    else:  # adaptive: every slot position committed once, or pad after its value's end
+        end = step.canvas
+        assert (filled | ((prog.layout.slot_of >= 0) & (end == prog.pad_id)) == (prog.layout.slot_of >= 0)).all()
+        assert not (filled & (prog.layout.slot_of < 0)).any()
 
 
 @pytest.mark.parametrize("strategy", ["low_confidence", "margin", "entropy", "random"])

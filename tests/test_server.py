@@ -265,13 +265,15 @@ def test_the_server_runs_adaptive_length_and_remasking_as_generate_does(live, de
     """The batching engine steps adaptive-length, remasking rows (windows, views, held positions)
     exactly as the local loop: the same seed gives the same text and the same positions count."""
     url, _, _ = live
-    prompt = (Prompt("Note: ") + slot("note", max_tokens=80) + "\nAge: " + slot("age", regex=r"\d{1,3}", max_tokens=4)).with_sampling(
-        length="adaptive", remask=True
-    )
+    prompt = (
+        Prompt("Note: ") + slot("note", max_tokens=80) + "\nAge: " + slot("age", regex=r"\d{1,3}", max_tokens=4)
+    ).with_sampling(length="adaptive", remask=True)
     seed = 11
     local = generate(den, prompt, generator=torch.Generator().manual_seed(seed))
     with dlmprompt.Client(url) as client:
-        there = client.generate(prompt, seed=int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed))))
+        there = client.generate(
+            prompt, seed=int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed)))
+        )
     assert there.text == local.text and there.canvas_positions == local.canvas_positions
     assert 0 < local.canvas_positions < local.forward_passes * len(local.program.layout)
 

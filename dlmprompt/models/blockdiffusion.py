@@ -355,6 +355,11 @@ def _check_program(row: Row) -> None:
             "guidance terms (bias, avoid, penalties, slot guidance= scales) are not supported on DiffusionGemma "
             "yet; remove them from the prompt's guidance"
         )
+    if prog.schedule.remask is not None or prog.schedule.strategy == "structure_first":
+        raise BackendError(
+            "remask= and strategy='structure_first' are not supported on DiffusionGemma (its blocks are "
+            "decoded by its own uniform-noise loop); remove them from the prompt's sampling"
+        )
     if _first_slot(row) == 0:
         raise BackendError("DiffusionGemma needs a prompt before the first slot (at least the BOS token)")
 

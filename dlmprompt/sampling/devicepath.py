@@ -20,8 +20,10 @@ about e^-160 below that token counts as a zero-probability class (the floor weig
 possible, chosen only when nothing likelier is) instead of keeping its exact tiny weight, which
 the host path keeps.
 
-Used on CUDA devices for rows without grammar slots, adaptive length, remasking, structure_first
-or guidance terms beyond CFG; everything else runs the host path. With a confidence threshold
+Used on CUDA devices for rows without grammar slots, remasking, structure_first, guidance terms
+beyond CFG or an adaptive slot shorter than its ``max_tokens`` (adaptive rows whose slots fit
+their first window run here at fixed length: the pad-tail cut is the host path's); everything
+else runs the host path. With a confidence threshold
 the device picks how many positions each row commits (every candidate at least that sure, at
 least one), and the host reads that count back with the step (one small transfer per step,
 which a fixed step count does not need). ``DLMPROMPT_SAMPLER=device`` forces it on
@@ -69,8 +71,10 @@ def eligible(denoiser: Any, rows: Sequence[Any]) -> bool:
             return False  # edge-list automata (grounded slots over long texts) run on the host
         if r.program.guidance is not None:
             return False  # guidance terms beyond CFG (dlmprompt.guidance) run on the host
-        if r.window or r.remask is not None or r.sched.strategy == "structure_first":
-            return False  # adaptive length, remasking and structure first run on the host
+        if r.remask is not None or r.sched.strategy == "structure_first":
+            return False  # remasking and structure first run on the host
+        if any(w < s.length for s in r.program.layout.slots if (w := r.window.get(s.index)) is not None):
+            return False  # an adaptive slot shorter than its max_tokens (it may grow) runs on the host
     if mode == "device":
         return True
     dev = getattr(denoiser, "device", None)
@@ -394,6 +398,8 @@ class DeviceRun:
         self.pad = int(first.pad_id) if first.pad_id is not None else 0
         self.bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a chain without completion
         for r in self.rows:
+            if r.device_state is None:
+                r.fixed_length()  # adaptive rows here fit their windows: fixed length, no pad-tail cut
             _RowState.of(r, self.device)
 
     # ------------------------------------------------------------------ loop
