@@ -236,7 +236,7 @@ def test_sampling_options_are_checked_with_what_to_change() -> None:
     assert p.with_sampling(remask="low_confidence").sampling.remask == Remask()
     assert p.with_sampling(remask="off").sampling.remask is None
     assert p.with_sampling(remask={"below": 0.2}).sampling.remask.below == 0.2  # type: ignore[union-attr]
-    with pytest.raises(SpecError, match="fixed.*adaptive"):
+    with pytest.raises(SpecError, match=r"fixed.*adaptive"):
         p.with_sampling(length="short")
     with pytest.raises(SpecError, match="below"):
         p.with_sampling(remask={"below": 2.0})

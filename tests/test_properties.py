@@ -32,7 +32,8 @@ def programs(draw, tok):
         parts.append(slot(f"s{i}", **kw))
         if draw(st.booleans()):
             parts.append(draw(anchors))
-    prompt = Prompt(*parts).with_sampling(**draw(sampling_settings()), length=draw(st.sampled_from(["fixed", "adaptive"])))
+    length = draw(st.sampled_from(["fixed", "adaptive"]))
+    prompt = Prompt(*parts).with_sampling(**draw(sampling_settings()), length=length)
     if draw(st.integers(0, 4)) == 0:
         prompt = prompt.with_guidance(cfg_scale=1.5)
     try:
