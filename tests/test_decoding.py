@@ -242,3 +242,20 @@ def test_sampling_options_are_checked_with_what_to_change() -> None:
         p.with_sampling(remask={"below": 2.0})
     with pytest.raises(SpecError, match="structure_first"):
         p.with_sampling(strategy="structure")
+
+
+@settings(max_examples=100)
+@given(data=st.data())
+def test_settled_positions_hold_their_final_token(data) -> None:  # type: ignore[no-untyped-def]
+    """``Step.settled`` is what a stream may send: under adaptive length and remasking, every
+    position a step calls settled holds, in that step, the token the finished canvas holds
+    (the chat stream of the OpenAI API sends up to the first unsettled position)."""
+    prog = data.draw(programs())
+    seed = data.draw(st.integers(0, 2**31))
+    den = RandomDenoiser(TOK, seed=seed, scale=data.draw(st.sampled_from([0.5, 3.0])))
+    with small_windows(data.draw(st.sampled_from([1, 2]))):
+        steps = list(sample(den, prog, generator=torch.Generator().manual_seed(seed)))
+    final = steps[-1].canvas
+    for s in steps:
+        settled = s.canvas != prog.mask_id if s.settled is None else s.settled
+        assert np.array_equal(s.canvas[settled], final[settled])

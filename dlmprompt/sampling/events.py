@@ -23,6 +23,10 @@ class Step:
     tokens: np.ndarray  # their token ids
     confidences: np.ndarray  # constrained marginal probability of each committed token
     forward_passes: int  # forward passes so far for this row
+    # positions whose token is final (None: every committed position): under adaptive length a
+    # pad past a slot's window may still become room to grow, and under remask= a committed token
+    # below the policy's bound may still go back to the mask
+    settled: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

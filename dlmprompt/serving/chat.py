@@ -214,10 +214,12 @@ class Chunks:
                 return None
         return self.chunk({"content": text}, None, text)
 
-    def _advance(self, program: Program, canvas: Any) -> str:
+    def _advance(self, program: Program, canvas: Any, settled: Any = None) -> str:
         first, last = answer_span(program)
         stop = first + self.sent
-        while stop < last and canvas[stop] != program.mask_id:
+        if settled is None:  # every committed token is final
+            settled = canvas != program.mask_id
+        while stop < last and settled[stop]:
             stop += 1
         ids = [int(t) for t in canvas[first + self.sent : stop].tolist() if t != program.pad_id]
         self.sent = stop - first
@@ -226,7 +228,7 @@ class Chunks:
     def step(self, program: Program, step: Step) -> list[dict[str, Any]]:
         """The chunks a denoising step of a text answer releases."""
         out = self.start()
-        text = self._advance(program, step.canvas)
+        text = self._advance(program, step.canvas, step.settled)
         if text and (c := self.text(text)) is not None:
             out.append(c)
         return out

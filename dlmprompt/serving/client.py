@@ -102,6 +102,7 @@ def _step(row: int, data: dict[str, Any]) -> Any:
         tokens=np.asarray(data["tokens"], dtype=np.int64),
         confidences=np.asarray(data["confidences"], dtype=np.float32),
         forward_passes=data["forward_passes"],
+        settled=None if data.get("settled") is None else np.asarray(data["settled"], dtype=bool),
     )
 
 

@@ -307,6 +307,7 @@ class Server:
             "tokens": step.tokens.tolist(),
             "confidences": [round(float(x), 6) for x in step.confidences],
             "forward_passes": step.forward_passes,
+            "settled": None if step.settled is None else step.settled.tolist(),
             "text": "".join(
                 "_" if t == tok.mask_id else tok.decode_bytes([t]).decode("utf-8", errors="replace")
                 for t in step.canvas.tolist()
