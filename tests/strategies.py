@@ -58,3 +58,37 @@ def sampling_settings(draw):
     s["strategy"] = draw(st.sampled_from(["low_confidence", "margin", "entropy", "random"]))
     s["temperature"] = draw(st.sampled_from([0.0, 0.5, 1.0, 1.7]))
     return s
+
+
+def compile_or_skip(prompt, tok):
+    """The compiled prompt; a random spec whose lengths cannot hold its constraint (the only
+    compile error random specs should meet: checked) skips the example."""
+    from hypothesis import assume
+
+    from dlmprompt import CompileError, compile
+
+    try:
+        return compile(prompt, tok)
+    except CompileError as exc:
+        msg = str(exc)
+        assert "tokens" in msg or "no value" in msg or "matches no string" in msg, msg
+        assume(False)
+
+
+@st.composite
+def slot_parts(draw, length, extra=None):
+    """1 to 3 random slots (regex, choice, free text), each maybe after a random anchor:
+    ``length`` draws each slot's length keywords, ``extra`` (optional) more keywords."""
+    from dlmprompt import slot
+
+    parts: list = []
+    for i in range(draw(st.integers(1, 3))):
+        if draw(st.booleans()):
+            parts.append(draw(anchors))
+        kind, arg = draw(slot_specs(i))
+        kw = {"regex": arg} if kind == "regex" else {"choice": arg} if kind == "choice" else {}
+        kw.update(draw(length))
+        if extra is not None:
+            kw.update(draw(extra))
+        parts.append(slot(f"s{i}", **kw))
+    return parts
