@@ -185,15 +185,22 @@ class CanvasRevision:
     def settled(self) -> np.ndarray | None:
         """Which positions hold their final token (see ``Step.settled``); None when that is every
         committed position (fixed length, no remasking, or the row is done)."""
-        if self.done or (not self.window and self.remask is None):
+        if self.done:
             return None
         prog = self.program
-        out = self.canvas != prog.mask_id
         pad = prog.pad_id
-        for s in prog.layout.slots:
-            w = self.window.get(s.index)
-            if w is not None and w < s.length and not (self.canvas[s.start : s.start + w] == pad).any():
-                out[s.start + w : s.stop] = False  # placeholder pads: the slot may still grow
+        growing = [
+            (s, w)
+            for s in prog.layout.slots
+            if (w := self.window.get(s.index)) is not None
+            and w < s.length
+            and not (self.canvas[s.start : s.start + w] == pad).any()
+        ]
+        if not growing and self.remask is None:
+            return None  # the common case: no placeholder pads, nothing to remask
+        out = self.canvas != prog.mask_id
+        for s, w in growing:
+            out[s.start + w : s.stop] = False  # placeholder pads: the slot may still grow
         if self.remask is not None:
             out &= ~((self.commit_conf < self.remask.below) & ~self.was_remasked & (self.slot_of >= 0))
         return out
