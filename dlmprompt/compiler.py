@@ -519,14 +519,16 @@ def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool
     c = span.constraint
     holes = [s for s in program.layout.slots if s.parent == name]
     if len(holes) == 1 and holes[0].grammar is not None:  # one context-free span
-        from dlmprompt.constraints.jsonschema.span import accepts, orderings
+        from dlmprompt.constraints.jsonschema.span import accepts, accepts_value, orderings
 
-        # the span writes keys in the schema's properties order: try the instance that way too
+        # the span writes keys in the schema's properties order: try the instance that way too,
+        # then any key order, searched member by member with the matcher
         order_schema = span_schema(c)
         for inst in [instance, *orderings(instance, c.json_schema if isinstance(order_schema, str) else order_schema)]:
             if accepts(holes[0].grammar, json.dumps(inst, separators=(",", ":"), ensure_ascii=False)):
                 return True, True
-        return False, False
+        found = accepts_value(holes[0].grammar, instance) is True
+        return found, found
     template = compile_schema(
         c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties
     )

@@ -373,6 +373,43 @@ def test_schemas_the_template_cannot_hold_exactly_become_one_context_free_span(b
     _generate_valid(byte_tok, schema, seeds=range(4))
 
 
+def test_the_span_acceptance_check_finds_any_key_order(byte_tok):
+    """The span writes each object's keys in its schema's order; an instance with its keys in
+    another order, nested in arrays and unions, is still a value the span can write (the check
+    searches key orders member by member), and an invalid one is still refused."""
+    item = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"k": {"const": "a"}, "n": {"type": "integer"}},
+                "required": ["k"],
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"s": {"type": "string", "maxLength": 200}, "k": {"const": "b"}},
+                "required": ["k", "s"],
+                "additionalProperties": False,
+            },
+        ]
+    }
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}, "items": {"type": "array", "items": item}}}
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert any("context-free span" in n for n in prog.notes)
+    check = _validator(schema)
+    valid = [
+        {"items": [{"k": "b", "s": "x"}, {"n": 2, "k": "a"}], "id": 3},  # "s" comes first in its branch
+        {"items": [{"n": 2.0, "k": "a"}]},  # 2.0 is an integer; the span spells it 2
+    ]
+    invalid = [{"items": [{"s": "x", "k": "a"}], "id": 3}, {"items": [{"k": "b"}]}, {"id": "3"}]
+    for inst in valid:
+        assert check.is_valid(inst)
+        assert json_accepts(prog, "value", inst) == (True, True), inst
+    for inst in invalid:
+        assert not check.is_valid(inst)
+        assert json_accepts(prog, "value", inst)[1] is False, inst
+
+
 def test_lenient_approximates_and_says_so(byte_tok):
     schema = {"oneOf": [{"type": "string"}, {"type": "string", "pattern": "^a"}]}
     prog = compile(Prompt(slot("value", schema=schema, lenient=True)), byte_tok)

@@ -387,7 +387,7 @@ def _class_not(chars: list[str]) -> str:
     return "[^" + "".join(_escape(c) for c in sorted(chars)) + "]"
 
 
-_ANY = r"(?:.|[\n\r\u2028\u2029])"  # any character, in ECMA and in Python alike
+_ANY = r"[\s\S]"  # any character, in ECMA and in Python alike
 
 
 def not_strings_pattern(strings: list[str]) -> str:

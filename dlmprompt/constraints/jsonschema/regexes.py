@@ -168,6 +168,12 @@ def _class_items(items: list[tuple[Any, Any]]) -> tuple[list[tuple[int, int]], b
     """Code point ranges of an ``IN`` item list, and whether it is negated."""
     out: list[tuple[int, int]] = []
     negate = False
+    cats = {str(av) for op, av in items if str(op) == "CATEGORY"}
+    pairs = ("CATEGORY_DIGIT", "CATEGORY_WORD", "CATEGORY_SPACE")
+    if any(c in cats and c.replace("CATEGORY_", "CATEGORY_NOT_") in cats for c in pairs):
+        # [\s\S], [\d\D], [\w\W]: every character, whatever the dialect's classes hold
+        negate = any(str(op) == "NEGATE" for op, _ in items)
+        return [(0, 0x10FFFF)], negate
     for op, av in items:
         name = str(op)
         if name == "NEGATE":

@@ -246,6 +246,110 @@ def accepts(compiled: CompiledGrammar, text: str) -> bool:
     return m.try_consume_tokens(ids) == len(ids) and m.is_accepting()
 
 
+SEARCH_BUDGET = 20_000  # matcher calls one key-order search may make
+
+
+def _spellings(value: Any) -> list[str]:
+    """The JSON texts of a scalar: a whole number also as ``2`` and ``2.0`` (the same value)."""
+    text = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return [text]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return [text, str(int(value))]
+    if isinstance(value, int):
+        return [text, f"{value}.0"]
+    return [text]
+
+
+def accepts_value(compiled: CompiledGrammar, instance: Any, budget: int = SEARCH_BUDGET) -> bool | None:
+    """Whether the span can write ``instance`` in *some* key order (compact JSON): a depth-first
+    search that writes each object's members one at a time, trying every member not yet written
+    where the matcher takes its key, and backtracks (matcher rollback) when a value or the rest of
+    the object fails. ``None``: the budget of matcher calls ran out before an answer."""
+    tok = compiled.tokenizer
+    m = compiled.matcher()
+    calls = [0]
+
+    class _Spent(Exception):
+        pass
+
+    def feed(text: str) -> int | None:
+        """Consume ``text``; its token count, or None (nothing left consumed) when refused."""
+        calls[0] += 1
+        if calls[0] > budget:
+            raise _Spent
+        ids = tok.encode(text)
+        n = m.try_consume_tokens(ids)
+        if n == len(ids):
+            return n
+        if n:
+            m.rollback(n)
+        return None
+
+    def ways(value: Any) -> Any:
+        """Yield once per way the matcher takes ``value`` (consumed while suspended, rolled back
+        when resumed)."""
+        if isinstance(value, dict):
+            n = feed("{")
+            if n is None:
+                return
+            yield from members(value, list(value), True)
+            m.rollback(n)
+        elif isinstance(value, list):
+            n = feed("[")
+            if n is None:
+                return
+            yield from items(value, 0)
+            m.rollback(n)
+        else:
+            for text in _spellings(value):  # the first spelling the matcher takes
+                n = feed(text)
+                if n is None:
+                    continue
+                yield
+                m.rollback(n)
+                break
+
+    def members(obj: dict[str, Any], left: list[str], first: bool) -> Any:
+        if not left:
+            n = feed("}")
+            if n is not None:
+                yield
+                m.rollback(n)
+            return
+        for key in left:
+            n = feed(("" if first else ",") + json.dumps(key, ensure_ascii=False) + ":")
+            if n is None:
+                continue
+            rest = [k for k in left if k != key]
+            for _ in ways(obj[key]):
+                yield from members(obj, rest, False)
+            m.rollback(n)
+
+    def items(arr: list[Any], i: int) -> Any:
+        if i == len(arr):
+            n = feed("]")
+            if n is not None:
+                yield
+                m.rollback(n)
+            return
+        n = feed(",") if i else 0
+        if n is None:
+            return
+        for _ in ways(arr[i]):
+            yield from items(arr, i + 1)
+        if n:
+            m.rollback(n)
+
+    try:
+        for _ in ways(instance):
+            if m.is_accepting():
+                return True
+    except _Spent:
+        return None
+    return False
+
+
 def orderings(instance: Any, schema: Any, limit: int = 8) -> list[Any]:
     """``instance`` with its object keys in the orders the span writes them (the schema's
     ``properties`` order, then the others), one per anyOf / oneOf branch that orders differently."""
