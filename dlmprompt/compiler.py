@@ -371,6 +371,8 @@ def _lay_out_json(
     if refusal is not None:
         raise SchemaError(refusal.reason, path=refusal.path, slot=part.name) from None
     assert template is not None
+    if constrained and slow is None and template.notes and not grounded:  # the span could not take it
+        slow = _slow_template(template, tok)
     if slow and _build_seconds(template, tok) > TEMPLATE_REFUSE_S:
         raise SchemaError(
             f"{slow}, and the context-free span cannot take this schema either: simplify the schema (fewer "

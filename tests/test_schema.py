@@ -410,6 +410,39 @@ def test_the_span_acceptance_check_finds_any_key_order(byte_tok):
         assert json_accepts(prog, "value", inst)[1] is False, inst
 
 
+def test_the_span_finds_a_witness_through_unions_that_name_properties(byte_tok):
+    """``dependencies`` becomes ``anyOf [{properties: {shape: false}}, {required: [...]}]`` beside
+    the object's own properties: the span's closing witness must keep both (it used to replace the
+    object's properties with the branch's and find no instance)."""
+    schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {
+            "shape": {"type": "string"},
+            "dimensions": {
+                "type": "object",
+                "properties": {"radius": {"type": "number"}, "width": {"type": "number"}},
+                "required": ["radius", "width"],
+                "dependencies": {"shape": ["circle", "rectangle"]},
+            },
+        },
+        "required": ["shape", "dimensions"],
+    }
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert any("context-free span" in n for n in prog.notes)
+    check = _validator(schema)
+    valid = [{"shape": "c", "dimensions": {"radius": 1, "width": 2}}]
+    valid.append({"shape": "c", "dimensions": {"radius": 1, "width": 2, "shape": 1, "circle": 0, "rectangle": []}})
+    invalid = [{"shape": "c", "dimensions": {"radius": 1, "width": 2, "shape": 1}}, {"shape": "c", "dimensions": {}}]
+    for inst in valid:
+        assert check.is_valid(inst)
+        assert json_accepts(prog, "value", inst) == (True, True), inst
+    for inst in invalid:
+        assert not check.is_valid(inst)
+        assert json_accepts(prog, "value", inst)[1] is False, inst
+    _generate_valid(byte_tok, schema, seeds=range(2))
+
+
 def test_lenient_approximates_and_says_so(byte_tok):
     schema = {"oneOf": [{"type": "string"}, {"type": "string", "pattern": "^a"}]}
     prog = compile(Prompt(slot("value", schema=schema, lenient=True)), byte_tok)

@@ -84,6 +84,31 @@ def closed_objects(schema: Any) -> Any | None:
     return out
 
 
+def _merge(a: dict[str, Any], b: Any) -> Any:
+    """A schema of the values of both ``a`` and ``b`` (best effort, for witnesses): properties
+    merged name by name, required lists joined, unions that meet kept side by side under allOf."""
+    if b is True:
+        return a
+    if not isinstance(b, dict):
+        return False
+    out = dict(a)
+    for k, v in b.items():
+        if k == "properties" and isinstance(v, dict):
+            props = dict(out.get("properties") or {})
+            for name, sub in v.items():
+                props[name] = {"allOf": [props[name], sub]} if name in props else sub
+            out["properties"] = props
+        elif k == "required" and isinstance(v, list):
+            out["required"] = list(dict.fromkeys([*(out.get("required") or []), *v]))
+        elif k == "allOf" and isinstance(v, list):
+            out["allOf"] = [*(out.get("allOf") or []), *v]
+        elif k in ("anyOf", "oneOf") and k in out:
+            out["allOf"] = [*(out.get("allOf") or []), {k: v}]
+        else:
+            out.setdefault(k, v)
+    return out
+
+
 def _candidates(schema: Any, root: Any, depth: int = 0) -> list[Any]:
     """A few small instances of ``schema`` (best effort; the matcher checks them)."""
     if depth > 12:
@@ -105,20 +130,14 @@ def _candidates(schema: Any, root: Any, depth: int = 0) -> list[Any]:
             out: list[Any] = []
             base = {k: v for k, v in schema.items() if k != key}
             for sub in schema[key][:6]:
-                merged = {**base, **sub} if isinstance(sub, dict) else sub
-                out.extend(_candidates(merged, root, depth + 1)[:2])
+                out.extend(_candidates(_merge(base, _resolve(sub, root)), root, depth + 1)[:2])
             return out
     if "allOf" in schema:
-        merged = {k: v for k, v in schema.items() if k != "allOf"}
+        merged: Any = {k: v for k, v in schema.items() if k != "allOf"}
         for sub in schema["allOf"]:
-            if isinstance(sub, dict):
-                for k, v in sub.items():
-                    if k == "properties":
-                        merged["properties"] = {**merged.get("properties", {}), **v}
-                    elif k == "required":
-                        merged["required"] = list(dict.fromkeys([*merged.get("required", []), *v]))
-                    else:
-                        merged.setdefault(k, v)
+            merged = _merge(merged, _resolve(sub, root))
+            if merged is False:
+                return []
         return _candidates(merged, root, depth + 1)
     types = schema.get("type")
     if types is None:
