@@ -311,7 +311,7 @@ def _lay_out_json(
     anchors: dict[str, str],
 ) -> list[str]:
     """Append a JSON slot's template: anchors as fixed tokens, each hole as an "at most" span."""
-    from dlmprompt.constraints.jsonschema import compile_schema, non_finite
+    from dlmprompt.constraints.jsonschema import Narrowed, compile_schema, non_finite
 
     c = part.constraint
     if tok.pad_id is None:
@@ -320,15 +320,27 @@ def _lay_out_json(
     if bad is not None:  # no template nor grammar may see it: NaN and Infinity are not JSON
         raise SchemaError(f"{bad[1]} is not a JSON number (NaN and Infinity are not JSON)", path=bad[0], slot=part.name)
     cap = part.length.tokens
-    try:
-        template = compile_schema(
-            c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties
-        )
-        refusal = None
-    except SchemaError as exc:
-        template, refusal = None, exc
     # grounded strings need the template (the context-free span cannot hold a span constraint)
     grounded = c.grounded is not None or _marks_grounding(c.json_schema)
+
+    def template_of(stop_on_note: bool) -> Any:
+        return compile_schema(
+            c.json_schema,
+            indent=c.indent,
+            lenient=c.lenient,
+            additional_properties=c.additional_properties,
+            stop_on_note=stop_on_note,
+        )
+
+    # where the span can serve, the template compiler stops at its first narrowing (the span is used)
+    narrowed = None
+    try:
+        template = template_of(constrained and not grounded and c.indent is None)
+        refusal = None
+    except Narrowed as exc:
+        template, refusal, narrowed = None, None, exc.note
+    except SchemaError as exc:
+        template, refusal = None, exc
     if constrained and grounded and refusal is not None:
         raise SchemaError(
             f"{refusal.reason}; a grounded JSON slot needs a schema the template takes (the context-free span "
@@ -339,10 +351,12 @@ def _lay_out_json(
     slow = None
     if template is not None and constrained and not grounded and not template.notes:
         slow = _slow_template(template, tok)
-    if constrained and (refusal is not None or slow or (template.notes and not grounded)):  # type: ignore[union-attr]
+    if constrained and (refusal is not None or narrowed or slow or (template.notes and not grounded)):  # type: ignore[union-attr]
         # not exact as a template: one context-free span (llguidance), when it takes the schema
         if refusal is not None:
             why = str(refusal.reason)
+        elif narrowed:
+            why = narrowed
         elif slow:
             why = slow
         else:
@@ -368,6 +382,11 @@ def _lay_out_json(
             return [
                 f"the whole value is one context-free span (llguidance, left to right) instead of a template: {why}"
             ]
+    if narrowed:  # no span after all: the whole (narrowed) template
+        try:
+            template = template_of(False)
+        except SchemaError as exc:
+            refusal = exc
     if refusal is not None:
         raise SchemaError(refusal.reason, path=refusal.path, slot=part.name) from None
     assert template is not None

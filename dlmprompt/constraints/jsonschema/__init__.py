@@ -8,7 +8,7 @@ holes; :mod:`.span` compiles what is not regular into one context-free span (llg
 """
 
 from dlmprompt.constraints.jsonschema.instances import texts_for
-from dlmprompt.constraints.jsonschema.normalize import as_schema, non_finite
+from dlmprompt.constraints.jsonschema.normalize import Narrowed, as_schema, non_finite
 from dlmprompt.constraints.jsonschema.regexes import STANDARD_FORMATS
 from dlmprompt.constraints.jsonschema.template import Hole, Template, compile_schema
 from dlmprompt.errors import SchemaError
@@ -16,6 +16,7 @@ from dlmprompt.errors import SchemaError
 __all__ = [
     "STANDARD_FORMATS",
     "Hole",
+    "Narrowed",
     "SchemaError",
     "Template",
     "as_schema",

@@ -27,9 +27,19 @@ _UNSUPPORTED = {
 }  # fmt: skip
 
 
+class Narrowed(Exception):
+    """Raised at the first narrowing when the caller asked to stop there (it has an exact
+    alternative, the context-free span, and needs no narrowed template)."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__(note)
+        self.note = note
+
+
 class Context:
     def __init__(self, root: Any, indent: int | None, lenient: bool, additional: bool | None) -> None:
         self.root = root
+        self.stop_on_note = False
         self.indent = indent
         self.lenient = lenient
         self.additional = additional
@@ -54,6 +64,8 @@ class Context:
 
     def note(self, path: str, text: str) -> None:
         msg = f"{path or '/'}: {text}"
+        if self.stop_on_note:
+            raise Narrowed(msg)
         if msg not in self.notes:
             self.notes.append(msg)
 

@@ -58,15 +58,24 @@ class Template:
 
 
 def compile_schema(
-    schema: Any, *, indent: int | None = None, lenient: bool = False, additional_properties: bool | None = None
+    schema: Any,
+    *,
+    indent: int | None = None,
+    lenient: bool = False,
+    additional_properties: bool | None = None,
+    stop_on_note: bool = False,
 ) -> Template:
     """Compile a JSON Schema (dict or bool) or a pydantic model class to a :class:`Template`.
+
+    ``stop_on_note``: raise :class:`~.normalize.Narrowed` at the first narrowing instead of
+    finishing a template that the caller would not use.
 
     ``additional_properties``: ``None`` follows the schema (extra properties allowed unless
     ``additionalProperties: false``), ``False`` never writes properties the schema does not name.
     """
     schema = positive(as_schema(schema), lenient=lenient)
     ctx = Context(schema, indent, lenient, additional_properties)
+    ctx.stop_on_note = stop_on_note
     parts = _template(ctx, schema, "", 0)
     if parts is None:
         raise SchemaError("no JSON value satisfies this schema (within the recursion depth)", path="/")

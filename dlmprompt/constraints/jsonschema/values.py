@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - Python 3.10
 from dlmprompt.constraints.jsonschema.normalize import (
     ANNOTATIONS,
     Context,
+    Narrowed,
     disjoint,
     dump,
     json_equal,
@@ -253,11 +254,17 @@ def _value_ok(ctx: Context, rest: dict[str, Any], v: Any, path: str) -> bool:
         return True
     if "type" in rest and json_type(v) not in types_of(rest):
         return False
-    notes = list(ctx.notes)
-    r = value_regex(ctx, rest, path, 0)
+    notes, stop = list(ctx.notes), ctx.stop_on_note
+    ctx.stop_on_note = False  # a narrowing met by a check is only a narrowing if it drops the value
+    try:
+        r = value_regex(ctx, rest, path, 0)
+    finally:
+        ctx.stop_on_note = stop
     ok = r is not None and re.fullmatch(r, dump(v, ctx.indent, 0)) is not None
     if ok:  # a check, not a value written: a narrowing it met did not drop this value
         ctx.notes[:] = notes
+    elif stop and len(ctx.notes) > len(notes):
+        raise Narrowed(ctx.notes[len(notes)])
     return ok
 
 
