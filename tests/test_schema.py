@@ -443,6 +443,42 @@ def test_the_span_finds_a_witness_through_unions_that_name_properties(byte_tok):
     _generate_valid(byte_tok, schema, seeds=range(2))
 
 
+@pytest.mark.parametrize(
+    ("schema", "valid", "invalid"),
+    [
+        (  # draft 4: the root's $ref overrides its siblings (the span must not apply them either)
+            {
+                "$schema": "http://json-schema.org/draft-04/schema#",
+                "definitions": {
+                    "car": {"$ref": "#/definitions/base", "properties": {"wheels": {"type": "integer"}}},
+                    "base": {"type": "object", "properties": {"reg": {"type": "string"}}, "required": ["reg"]},
+                },
+                "$ref": "#/definitions/car",
+                "properties": {"track": {"type": "string"}},
+            },
+            [{"reg": "A1"}, {"reg": "A1", "track": 3, "wheels": "four"}],
+            [{}, {"reg": 1}],
+        ),
+        (  # the witness must meet the bounds of a required number
+            {"type": "object", "properties": {"n": {"type": "integer", "maximum": -1}}, "required": ["n"]},
+            [{"n": -1}, {"n": -70}, {"n": -2, "x": [1]}],
+            [{"n": 0}, {}],
+        ),
+    ],
+)
+def test_span_witnesses_follow_the_schema(byte_tok, schema, valid, invalid):
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert any("context-free span" in n for n in prog.notes)
+    check = _validator(schema)
+    for inst in valid:
+        assert check.is_valid(inst)
+        assert json_accepts(prog, "value", inst) == (True, True), inst
+    for inst in invalid:
+        assert not check.is_valid(inst)
+        assert json_accepts(prog, "value", inst)[1] is False, inst
+    _generate_valid(byte_tok, schema, seeds=range(2))
+
+
 def test_lenient_approximates_and_says_so(byte_tok):
     schema = {"oneOf": [{"type": "string"}, {"type": "string", "pattern": "^a"}]}
     prog = compile(Prompt(slot("value", schema=schema, lenient=True)), byte_tok)

@@ -45,6 +45,9 @@ def _drop_format(schema: Any, fmt: str) -> Any:
     return schema
 
 
+_ROOT_KEPT = ("$ref", "definitions", "$defs", "$schema", "$id", "id", "title", "description")
+
+
 def ref_overrides_siblings(schema: Any) -> Any:
     """Drafts 3 to 7: ``$ref`` overrides its sibling keywords, so they are dropped (llguidance
     applies them, as 2019-09 on does)."""
@@ -55,6 +58,8 @@ def ref_overrides_siblings(schema: Any) -> Any:
         if isinstance(node, dict):
             if "$ref" in node and not top:
                 return {"$ref": node["$ref"]}
+            if "$ref" in node:  # the root keeps what references and readers need
+                return {k: walk(v, False) for k, v in node.items() if k in _ROOT_KEPT}
             return {k: walk(v, False) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v, False) for v in node]
@@ -159,6 +164,20 @@ def _candidates(schema: Any, root: Any, depth: int = 0) -> list[Any]:
     return out
 
 
+def _within(v: float, schema: dict[str, Any]) -> bool:
+    """Whether ``v`` meets the schema's numeric bounds (draft 4 boolean exclusives too)."""
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    xlo, xhi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    num = (int, float)
+    if isinstance(lo, num) and not isinstance(lo, bool) and (v < lo or (xlo is True and v == lo)):
+        return False
+    if isinstance(hi, num) and not isinstance(hi, bool) and (v > hi or (xhi is True and v == hi)):
+        return False
+    if isinstance(xlo, num) and not isinstance(xlo, bool) and v <= xlo:
+        return False
+    return not (isinstance(xhi, num) and not isinstance(xhi, bool) and v >= xhi)
+
+
 def _typed(t: str, schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
     if t == "null":
         return [None]
@@ -175,7 +194,8 @@ def _typed(t: str, schema: dict[str, Any], root: Any, depth: int) -> list[Any]:
         step = schema.get("multipleOf")
         if isinstance(step, (int, float)) and step > 0:
             vals = [v - v % step if isinstance(step, int) else 0 for v in vals]
-        return vals
+        inside = [v for v in vals if _within(v, schema)]
+        return inside + [v for v in vals if v not in inside]
     if t == "string":
         n = int(schema.get("minLength", 0) or 0)
         if "format" in schema and schema["format"] in _FORMATS:
@@ -393,7 +413,7 @@ def _resolve(schema: Any, root: Any) -> Any:
                 node = node.get(part.replace("~1", "/").replace("~0", "~")) if isinstance(node, dict) else None
         if not isinstance(node, dict):
             return schema
-        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+        schema = _merge(node, {k: v for k, v in schema.items() if k != "$ref"})
     return schema
 
 
