@@ -568,7 +568,7 @@ def _shortest(auto: TokenAutomaton, slot: str, path: str) -> int:
     """The fewest tokens a value of ``auto`` needs (pad tail included, so any longer span works)."""
     limit = 64
     while limit <= 4096:
-        ok = np.nonzero(auto.feasible_lengths(limit))[0]
+        ok = np.nonzero(auto.feasible_lengths(limit, first=True))[0]
         if len(ok):
             return int(ok[0])
         limit *= 4

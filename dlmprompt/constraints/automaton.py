@@ -100,23 +100,32 @@ class TokenAutomaton(Walks):
         c = int(self.token_class[token]) if 0 <= token < len(self.token_class) else -1
         return -1 if c < 0 else int(self.next_state[c, state])
 
-    def feasible_lengths(self, up_to: int) -> np.ndarray:
-        """``ok[k]`` for k in 0..up_to: whether some accepted token sequence has exactly k tokens."""
+    @cached_property
+    def _edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct (state, next state) pairs of the table, as two arrays."""
         ns = self.next_state
+        q = ns.shape[1]
         valid = ns >= 0
-        safe = np.where(valid, ns, 0)
+        src = np.broadcast_to(np.arange(q, dtype=np.int64), ns.shape)[valid]
+        pairs = np.unique(src * q + ns[valid])
+        return pairs // q, pairs % q
+
+    def feasible_lengths(self, up_to: int, *, first: bool = False) -> np.ndarray:
+        """``ok[k]`` for k in 0..up_to: whether some accepted token sequence has exactly k tokens
+        (``first``: stop at the first such k; later entries stay False)."""
+        src, dst = self._edges
         ok = np.zeros(up_to + 1, dtype=bool)
         # states reachable from the start in exactly k tokens
         cur = np.zeros(self.n_states, dtype=bool)
         cur[self.start] = True
         for k in range(up_to + 1):
             ok[k] = bool((cur & self.accept).any())
-            nxt = np.zeros_like(cur)
-            src = np.nonzero(cur)[0]
-            if len(src) == 0:
+            if ok[k] and first:
                 break
-            tgt = safe[:, src][valid[:, src]]
-            nxt[tgt] = True
+            nxt = np.zeros_like(cur)
+            nxt[dst[cur[src]]] = True
+            if not nxt.any():
+                break
             cur = nxt
         return ok
 
@@ -353,13 +362,13 @@ def _from_signatures(
     keep states reachable from the start that can still reach acceptance, merge equal rows."""
     uniq, inverse = _unique_rows(sig)
     q = sig.shape[1]
+    valid = uniq != dead
+    pairs = np.unique(np.broadcast_to(np.arange(q, dtype=np.int64), uniq.shape)[valid] * (q + 1) + uniq[valid])
     succ: list[set[int]] = [set() for _ in range(q)]
-    pred: list[set[int]] = [set() for _ in range(q)]
-    for s in range(q):
-        targets = np.unique(uniq[:, s])
-        for t in targets[targets != dead]:
-            succ[s].add(int(t))
-            pred[int(t)].add(s)
+    pred: list[set[int]] = [set() for _ in range(q + 1)]
+    for s, t in zip((pairs // (q + 1)).tolist(), (pairs % (q + 1)).tolist(), strict=True):
+        succ[s].add(t)
+        pred[t].add(s)
     reachable = _closure([start], succ)
     live = _closure([int(i) for i in np.nonzero(accept)[0]], pred)
     keep = sorted(reachable & live)
@@ -394,7 +403,7 @@ def _index_automaton(
         auto = _token_dfa(pattern, tokenizer, description)
     except (ValueError, RuntimeError) as exc:
         raise on_error(str(exc)) from None
-    if not auto.feasible_lengths(auto.n_states).any():
+    if not auto.accept.any():  # trimmed to live states: no accepting state means no value
         table, start, accept = byte_dfa(pattern)
         seen, todo = {start}, [start]
         while todo:

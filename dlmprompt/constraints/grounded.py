@@ -72,12 +72,14 @@ class SparseTokenAutomaton(Walks):
             return -1
         return self._lookup.get((state, int(self.token_class[token])), -1)
 
-    def feasible_lengths(self, up_to: int) -> np.ndarray:
+    def feasible_lengths(self, up_to: int, *, first: bool = False) -> np.ndarray:
         ok = np.zeros(up_to + 1, dtype=bool)
         cur = np.zeros(self.n_states, dtype=bool)
         cur[self.start] = True
         for k in range(up_to + 1):
             ok[k] = bool((cur & self.accept).any())
+            if ok[k] and first:
+                break
             nxt = np.zeros_like(cur)
             nxt[self.dst[cur[self.src]]] = True
             if not nxt.any():

@@ -29,7 +29,7 @@ def fewest(auto: TokenAutomaton, up_to: int) -> int:
     cache = auto.__dict__.setdefault("_fewest", {})
     hit = cache.get(up_to)
     if hit is None:
-        ok = np.nonzero(auto.feasible_lengths(up_to))[0]
+        ok = np.nonzero(auto.feasible_lengths(up_to, first=True))[0]
         hit = cache[up_to] = int(ok[0]) if len(ok) else up_to
     return hit
 
