@@ -167,6 +167,18 @@ def byte_dfa(pattern: str) -> tuple[np.ndarray, int, np.ndarray]:
     if hit is not None:
         _BYTE_DFAS.move_to_end(pattern)
         return hit
+    if NATIVE_MARK in pattern:  # a shape outlines-core builds in exponential time
+        from dlmprompt.constraints.regexdfa import Unsupported, build_byte_dfa
+
+        try:
+            out = build_byte_dfa(pattern, max_states=NATIVE_MAX_STATES)
+        except Unsupported:
+            pass
+        else:
+            _BYTE_DFAS[pattern] = out
+            while len(_BYTE_DFAS) > CACHE_SIZE:
+                _BYTE_DFAS.popitem(last=False)
+            return out
     import outlines_core
 
     global _BYTE_VOCAB
@@ -205,6 +217,8 @@ def byte_dfa(pattern: str) -> tuple[np.ndarray, int, np.ndarray]:
 
 
 _BYTE_VOCAB = None
+NATIVE_MARK = "(?:){0}"  # matches the empty string only: a neutral mark on regexes built natively
+NATIVE_MAX_STATES = 20_000  # past this the native construction gives way to outlines-core
 _POS_WEIGHTS = np.random.default_rng(0x5EED).integers(1, 2**62, size=4096, dtype=np.int64) | 1
 _LEN_WEIGHT = np.int64(0x2545F4914F6CDD1D)
 _END_MARK = "\U0010ffff"  # a noncharacter: texts holding it are the only ones this can narrow

@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from dlmprompt.constraints.jsonschema.normalize import ANNOTATIONS, Context, disjoint, json_type, resolve
-from dlmprompt.constraints.jsonschema.regexes import trie_of
+from dlmprompt.constraints.jsonschema.regexes import prefer_native, trie_of
 from dlmprompt.errors import SchemaError
 
 _ONE_SCHEMA = ("items", "additionalItems", "additionalProperties", "contains", "propertyNames", "not", "if")
@@ -39,7 +39,8 @@ _LOGIC = ("not", "if", "then", "else", "dependencies", "dependentRequired", "dep
 _TYPES = ("null", "boolean", "object", "array", "string", "number")
 _MAX_ONE_OF = 8  # branches of an overlapping oneOf rewritten as "exactly one"
 _MAX_DEPTH = 24  # $ref levels followed inside one negation
-_MAX_EXCLUDED = 4  # longest string value a negation excludes
+_MAX_EXCLUDED = 128  # longest string value a negation excludes
+_MAX_PATTERN = 20_000  # characters of the pattern of the strings a negation keeps
 _MAX_WORK = 4000  # negations one rewrite may compute (nested exactly-one oneOf grows fast)
 
 
@@ -274,13 +275,15 @@ class _Rewriter:
             elif ty == "number":
                 out.extend(self._not_numbers(sorted({float(v) for v in vs})))
             elif ty == "string":
-                if max(len(v) for v in vs) > _MAX_EXCLUDED:
+                pattern = not_strings_pattern(vs) if max(len(v) for v in vs) <= _MAX_EXCLUDED else ""
+                if not pattern or len(pattern) > _MAX_PATTERN:
                     raise SchemaError(
-                        f"'not' of string values longer than {_MAX_EXCLUDED} characters is not supported (the "
-                        "automaton of every other string takes exponential time to build)",
+                        f"'not' of these string values is not supported (at most {_MAX_EXCLUDED} characters each, "
+                        f"and a pattern of the other strings under {_MAX_PATTERN} characters)",
                         path=path,
                     )
-                out.append({"type": "string", "pattern": not_strings_pattern(vs)})
+                prefer_native(pattern)  # outlines-core takes exponential time on its shape
+                out.append({"type": "string", "pattern": pattern})
             elif ty == "object":
                 if len(vs) > 1:
                     raise SchemaError("'not' of several object values is not supported", path=path)
@@ -394,8 +397,8 @@ def not_strings_pattern(strings: list[str]) -> str:
     """An anchored ECMA pattern of the strings that are none of ``strings``: one alternative per
     trie node (its path alone when that is not a string of the set, or its path, a character that
     leads nowhere in the trie, then anything). outlines-core builds its automaton in time
-    exponential in the longest string (0.09 s at 4 characters, 6.9 s at 6): hence the caller's
-    cap of :data:`_MAX_EXCLUDED` characters."""
+    exponential in the longest string (0.09 s at 4 characters, 6.9 s at 6), so the caller marks
+    it for :mod:`dlmprompt.constraints.regexdfa` (:func:`.regexes.prefer_native`)."""
     trie = trie_of(strings)
     alts: list[str] = []
     todo: list[tuple[str, dict[str, Any]]] = [("", trie)]

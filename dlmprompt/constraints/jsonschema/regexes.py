@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from dlmprompt.constraints.automaton import escape_literal
-from dlmprompt.constraints.tokenwalk import JSON_CHAR
+from dlmprompt.constraints.tokenwalk import JSON_CHAR, NATIVE_MARK
 
 try:  # Python 3.11+
     import re._parser as _sre_parse  # type: ignore[import-not-found]
@@ -257,8 +257,25 @@ def _cls_char(cp: int) -> str:
     return chr(cp)
 
 
+_NATIVE: dict[str, None] = {}
+
+
+def prefer_native(pattern: str) -> None:
+    """Mark an ECMA ``pattern`` whose automaton outlines-core builds in exponential time (see
+    :mod:`dlmprompt.constraints.regexdfa`): its regex carries :data:`NATIVE_MARK`."""
+    _NATIVE[pattern] = None
+    while len(_NATIVE) > 4096:
+        del _NATIVE[next(iter(_NATIVE))]
+
+
 def pattern_regex(pattern: str, notes: list[str]) -> str:
     """A JSON-string-content regex for an ECMA ``pattern`` (search semantics)."""
+    if pattern in _NATIVE:
+        return NATIVE_MARK + _pattern_regex(pattern, notes)
+    return _pattern_regex(pattern, notes)
+
+
+def _pattern_regex(pattern: str, notes: list[str]) -> str:
     try:
         parsed = _sre_parse.parse(pattern)
     except re.error as exc:
