@@ -479,10 +479,15 @@ def _build_seconds(template: Any, tok: Tokenizer, stop_at: float = float("inf"))
 
 def _marks_grounding(schema: Any) -> bool:
     """Whether any sub-schema carries ``x-grounded``."""
+    return _marks(schema, "x-grounded")
+
+
+def _marks(schema: Any, key: str) -> bool:
+    """Whether any sub-schema carries the keyword ``key``."""
     if isinstance(schema, dict):
-        return "x-grounded" in schema or any(_marks_grounding(v) for v in schema.values())
+        return key in schema or any(_marks(v, key) for v in schema.values())
     if isinstance(schema, list):
-        return any(_marks_grounding(v) for v in schema)
+        return any(_marks(v, key) for v in schema)
     return False
 
 
@@ -503,6 +508,7 @@ def span_schema(c: Json) -> Any:
     ``additional_properties=False``, and the logic keywords llguidance refuses rewritten (an
     overlapping ``oneOf`` with no positive form is left for llguidance to judge)."""
     from dlmprompt.constraints.jsonschema.logic import positive
+    from dlmprompt.constraints.jsonschema.normalize import NOT_INTEGER
     from dlmprompt.constraints.jsonschema.span import closed_objects, ref_overrides_siblings
 
     schema: Any = ref_overrides_siblings(c.json_schema)
@@ -511,9 +517,12 @@ def span_schema(c: Json) -> Any:
         if schema is None:
             return "additional_properties=False with allOf"
     try:
-        return positive(schema, lenient=True)
+        out = positive(schema, lenient=True)
     except SchemaError:
         return schema  # llguidance refuses what is left, with its own reason
+    if _marks(out, NOT_INTEGER):
+        return "the negation of an integer type (numbers that are not integers) needs the template"
+    return out
 
 
 def _json_grammar(c: Json, tok: Tokenizer) -> Any:

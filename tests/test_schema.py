@@ -479,6 +479,22 @@ def test_span_witnesses_follow_the_schema(byte_tok, schema, valid, invalid):
     _generate_valid(byte_tok, schema, seeds=range(2))
 
 
+def test_not_an_integer_is_written_as_numbers_with_a_fraction(byte_tok):
+    """``not: {type: integer}`` has no positive keyword: the template writes the numbers with a
+    non-zero fractional part (no exponent, noted), within the bounds; the span cannot hold it."""
+    ratio = {"type": "number", "not": {"type": "integer"}, "minimum": -3, "maximum": 3}
+    schema = {"type": "object", "properties": {"ratio": ratio}, "required": ["ratio"], "additionalProperties": False}
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert any("without an exponent" in n for n in prog.notes)
+    check = _validator(schema)
+    for v in (0.5, -2.75, 2.999, -0.001):
+        assert check.is_valid({"ratio": v}) and _accepted(prog, schema, {"ratio": v}), v
+    for v in (1, 3, 2.0, -3.5, 3.25, "x", None):
+        assert not check.is_valid({"ratio": v}) and not _accepted(prog, schema, {"ratio": v}), v
+    for res in _generate_valid(byte_tok, schema, seeds=range(3)):
+        assert not float(json.loads(res["value"])["ratio"]).is_integer()
+
+
 def test_lenient_approximates_and_says_so(byte_tok):
     schema = {"oneOf": [{"type": "string"}, {"type": "string", "pattern": "^a"}]}
     prog = compile(Prompt(slot("value", schema=schema, lenient=True)), byte_tok)

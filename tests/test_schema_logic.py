@@ -15,6 +15,7 @@ from dlmprompt import Prompt, compile, slot
 from dlmprompt.compiler import json_accepts
 from dlmprompt.constraints.jsonschema import SchemaError, compile_schema, texts_for
 from dlmprompt.constraints.jsonschema.logic import negate_of, not_strings_pattern, positive
+from dlmprompt.constraints.jsonschema.normalize import NOT_INTEGER
 from dlmprompt.constraints.jsonschema.regexes import STRING
 
 KEYS = "abc"
@@ -36,6 +37,7 @@ leaves = st.one_of(
             {"type": "number"},
             {"type": ["string", "null"]},
             {"type": "boolean"},
+            {"type": "integer"},
             {"type": "object"},
             {"type": "array"},
             {"minimum": 0},
@@ -104,8 +106,15 @@ def _logic(kids):
 logic_schemas = st.recursive(leaves, _logic, max_leaves=5)
 
 
+def _not_integer(validator, flag, instance, schema):  # the mark the negation of an integer type leaves
+    number = isinstance(instance, (int, float)) and not isinstance(instance, bool)
+    if flag and number and float(instance).is_integer():
+        yield jsonschema.ValidationError(f"{instance!r} is an integer")
+
+
 def _valid(schema, value) -> bool:
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls = jsonschema.validators.extend(cls, {NOT_INTEGER: _not_integer})
     return cls(schema).is_valid(value)
 
 
@@ -194,7 +203,7 @@ def test_not_strings_pattern():
     [
         ({"not": {"type": "string", "pattern": "^a"}}, "'pattern'"),
         ({"not": {"multipleOf": 3}}, "'multipleOf'"),
-        ({"properties": {"x": {"not": {"type": "integer"}}}}, "/properties/x/not"),
+        ({"properties": {"x": {"not": {"type": "string", "format": "date"}}}}, "/properties/x/not"),
         ({"oneOf": [{"type": "string"}, {"pattern": "a"}]}, "'pattern'"),
         ({"not": {"additionalProperties": False}}, "additionalProperties"),
     ],

@@ -27,7 +27,14 @@ import math
 import re
 from typing import Any
 
-from dlmprompt.constraints.jsonschema.normalize import ANNOTATIONS, Context, disjoint, json_type, resolve
+from dlmprompt.constraints.jsonschema.normalize import (
+    ANNOTATIONS,
+    NOT_INTEGER,
+    Context,
+    disjoint,
+    json_type,
+    resolve,
+)
 from dlmprompt.constraints.jsonschema.regexes import prefer_native, trie_of
 from dlmprompt.errors import SchemaError
 
@@ -192,6 +199,8 @@ class _Rewriter:
             if "const" in schema and "enum" in schema:
                 branches.extend(self._not_values(schema["enum"], path))
         branches.extend(self._not_numeric(schema, path))
+        if schema.get(NOT_INTEGER):  # a number that fails "not an integer" is an integer
+            branches.append({"type": "integer"})
         for key, ty, flip in (
             ("minLength", "string", "maxLength"),
             ("maxLength", "string", "minLength"),
@@ -233,7 +242,7 @@ class _Rewriter:
             keys.discard("items")
         handled = {"type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
         handled |= {"minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"}
-        handled |= {"properties", "required", "anyOf", "allOf", "contains"}
+        handled |= {"properties", "required", "anyOf", "allOf", "contains", NOT_INTEGER}
         rest = sorted(k for k in keys - handled if k in _VALIDATION)
         if rest:
             raise SchemaError(
@@ -249,14 +258,12 @@ class _Rewriter:
         types = {t} if isinstance(t, str) else set(t) if isinstance(t, list) else None
         if types is None:
             raise SchemaError(f"'type' must be a type name or a list of them; got {t!r}", path=path)
-        if "integer" in types and "number" not in types:
-            raise SchemaError(
-                "'not' of a schema that allows integers but not all numbers is not supported (no positive "
-                "schema holds the numbers that are not integers)",
-                path=path,
-            )
         rest = [ty for ty in _TYPES if ty not in types]
-        return [{"type": rest if len(rest) > 1 else rest[0]}] if rest else []
+        out: list[Any] = []
+        if "integer" in types and "number" not in types:  # the numbers that are not integers
+            rest.remove("number")
+            out.append({"type": "number", NOT_INTEGER: True})
+        return [{"type": rest if len(rest) > 1 else rest[0]}, *out] if rest else out
 
     def _not_values(self, values: list[Any], path: str) -> list[Any]:
         """The values that are none of ``values``: other types, and per type the complement."""

@@ -20,6 +20,11 @@ ANNOTATIONS = {
 }  # fmt: skip
 
 
+# "not an integer", which no standard keyword says: the negation of an integer type writes numbers
+# with this mark; the template compiler reads it, the context-free span refuses it
+NOT_INTEGER = "x-dlmprompt-not-integer"
+
+
 _UNSUPPORTED = {
     "not", "if", "then", "else", "dependencies", "dependentRequired", "dependentSchemas",
     "propertyNames", "contains", "minContains", "maxContains", "unevaluatedProperties",

@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _sre_parse  # type: ignore[no-redef]
 from dlmprompt.constraints.jsonschema.normalize import (
     ANNOTATIONS,
+    NOT_INTEGER,
     Context,
     Narrowed,
     disjoint,
@@ -375,6 +376,10 @@ def _numeric(ctx: Context, schema: dict[str, Any], ty: str, path: str) -> str | 
         xlo = -big
     mult = schema.get("multipleOf")
     integer = ty == "integer"
+    if schema.get(NOT_INTEGER):  # numbers with a fractional part (from the negation of an integer type)
+        if integer or mult is not None:
+            return None if integer else _refuse_fraction_multiple(ctx, path)
+        return _fractional(ctx, lo, hi, xlo, xhi, path)
     if mult is not None:
         if isinstance(mult, (int, float)) and not isinstance(mult, bool) and float(mult) == 1.0:
             integer = True
@@ -425,6 +430,39 @@ def _numeric(ctx: Context, schema: dict[str, Any], ty: str, path: str) -> str | 
         r = int_range(nlo, nhi)
         if r is not None:
             parts.append("-" + f"(?:{r})" + r"\.[0-9]*[1-9][0-9]*")
+    return alt(parts) if parts else None
+
+
+def _refuse_fraction_multiple(ctx: Context, path: str) -> str:
+    raise ctx.refuse(path, "multipleOf together with 'not an integer' is not supported")
+
+
+FRACTION = r"\.[0-9]*[1-9][0-9]*"  # a fractional part that is not zero
+
+
+def _fractional(
+    ctx: Context, lo: float | None, hi: float | None, xlo: float | None, xhi: float | None, path: str
+) -> str | None:
+    """The numbers that are not integers, within the bounds (whole bounds only), written without
+    an exponent (whether ``1.5e1`` is an integer is not a regular property of its text)."""
+    bounds = [lo, hi, xlo, xhi]
+    if any(b is not None and not float(b).is_integer() for b in bounds):
+        raise ctx.refuse(path, "a bound that is not a whole number on 'not an integer' is not supported")
+    ctx.note(path, "numbers that are not integers are written without an exponent")
+    # x in (i, i + 1) for whole i: x > lo (or xlo) iff i >= lo (or xlo); x < hi (or xhi) iff i + 1 <= hi
+    low = next((int(b) for b in (lo, xlo) if b is not None), None)
+    high = next((int(b) for b in (hi, xhi) if b is not None), None)
+    parts = []
+    # non-negative x = i.f with i in [max(0, low), high - 1]
+    if high is None or high > 0:
+        r = int_range(max(0, low) if low is not None else 0, None if high is None else high - 1)
+        if r is not None:
+            parts.append(f"(?:{r}){FRACTION}")
+    # negative x = -(i.f) with i.f in (i, i + 1), i in [max(0, -high), -low - 1]
+    if low is None or low < 0:
+        r = int_range(0 if high is None or high > 0 else -high, None if low is None else -low - 1)
+        if r is not None:
+            parts.append(f"-(?:{r}){FRACTION}")
     return alt(parts) if parts else None
 
 
