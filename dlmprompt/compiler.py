@@ -392,10 +392,13 @@ def _lay_out_json(
     assert template is not None
     if constrained and slow is None and template.notes and not grounded:  # the span could not take it
         slow = _slow_template(template, tok)
-    if slow and _build_seconds(template, tok) > TEMPLATE_REFUSE_S:
+    seconds = _build_seconds(template, tok, stop_at=2 * TEMPLATE_REFUSE_S) if slow else 0.0
+    if seconds > TEMPLATE_REFUSE_S:
+        took = "far too long" if seconds == float("inf") else f"about {seconds:.1f} s or more"
         raise SchemaError(
-            f"{slow}, and the context-free span cannot take this schema either: simplify the schema (fewer "
-            "branches in its unions, shorter length bounds) or use a smaller vocabulary",
+            f"the template's automata would take {took} to build at this vocabulary (the limit is "
+            f"{TEMPLATE_REFUSE_S:.0f} s), and the context-free span cannot take this schema either: simplify the "
+            "schema (fewer branches in its unions, shorter length bounds) or use a smaller vocabulary",
             path="/",
             slot=part.name,
         )
@@ -442,8 +445,8 @@ def _lay_out_json(
     return notes
 
 
-TEMPLATE_BUILD_BUDGET_S = 1.0  # a template whose token automata take longer to build becomes a span
-TEMPLATE_REFUSE_S = 20.0  # ... and one that would take longer than this, with no span to take it, is refused
+TEMPLATE_BUILD_BUDGET_S = 0.1  # a template whose token automata take longer to build becomes a span
+TEMPLATE_REFUSE_S = 2.0  # ... and one that would take longer than this, with no span to take it, is refused
 TEMPLATE_REGEX_BUDGET = 24_000  # characters of hole regexes: past this, building is slow whatever the vocabulary
 
 

@@ -287,7 +287,7 @@ def accepts(compiled: CompiledGrammar, text: str) -> bool:
     return m.try_consume_tokens(ids) == len(ids) and m.is_accepting()
 
 
-SEARCH_BUDGET = 20_000  # matcher calls one key-order search may make
+SEARCH_BUDGET = 5_000  # matcher calls one key-order search may make
 
 
 def _spellings(value: Any) -> list[str]:
