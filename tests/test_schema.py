@@ -40,6 +40,18 @@ def _accepted(program, schema, instance) -> bool:
     return json_accepts(program, "value", instance)[1]
 
 
+def _holds_exactly(program, schema, valid, invalid) -> None:
+    """Each instance is valid or invalid as its list says (``jsonschema``), and the slot holds
+    exactly the valid ones."""
+    check = _validator(schema)
+    for inst in valid:
+        assert check.is_valid(inst), inst
+        assert json_accepts(program, "value", inst) == (True, True), inst
+    for inst in invalid:
+        assert not check.is_valid(inst), inst
+        assert json_accepts(program, "value", inst)[1] is False, inst
+
+
 def _generate_valid(tok, schema, seeds=range(2), **kw):
     den = RandomDenoiser(tok)
     prog = compile(Prompt("JSON: ") + slot("value", schema=schema, max_tokens=8, **kw), tok, tokens_per_step=64)
@@ -396,18 +408,12 @@ def test_the_span_acceptance_check_finds_any_key_order(byte_tok):
     schema = {"type": "object", "properties": {"id": {"type": "integer"}, "items": {"type": "array", "items": item}}}
     prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
     assert any("context-free span" in n for n in prog.notes)
-    check = _validator(schema)
     valid = [
         {"items": [{"k": "b", "s": "x"}, {"n": 2, "k": "a"}], "id": 3},  # "s" comes first in its branch
         {"items": [{"n": 2.0, "k": "a"}]},  # 2.0 is an integer; the span spells it 2
     ]
     invalid = [{"items": [{"s": "x", "k": "a"}], "id": 3}, {"items": [{"k": "b"}]}, {"id": "3"}]
-    for inst in valid:
-        assert check.is_valid(inst)
-        assert json_accepts(prog, "value", inst) == (True, True), inst
-    for inst in invalid:
-        assert not check.is_valid(inst)
-        assert json_accepts(prog, "value", inst)[1] is False, inst
+    _holds_exactly(prog, schema, valid, invalid)
 
 
 def test_the_span_finds_a_witness_through_unions_that_name_properties(byte_tok):
@@ -430,16 +436,10 @@ def test_the_span_finds_a_witness_through_unions_that_name_properties(byte_tok):
     }
     prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
     assert any("context-free span" in n for n in prog.notes)
-    check = _validator(schema)
     valid = [{"shape": "c", "dimensions": {"radius": 1, "width": 2}}]
     valid.append({"shape": "c", "dimensions": {"radius": 1, "width": 2, "shape": 1, "circle": 0, "rectangle": []}})
     invalid = [{"shape": "c", "dimensions": {"radius": 1, "width": 2, "shape": 1}}, {"shape": "c", "dimensions": {}}]
-    for inst in valid:
-        assert check.is_valid(inst)
-        assert json_accepts(prog, "value", inst) == (True, True), inst
-    for inst in invalid:
-        assert not check.is_valid(inst)
-        assert json_accepts(prog, "value", inst)[1] is False, inst
+    _holds_exactly(prog, schema, valid, invalid)
     _generate_valid(byte_tok, schema, seeds=range(2))
 
 
@@ -469,13 +469,7 @@ def test_the_span_finds_a_witness_through_unions_that_name_properties(byte_tok):
 def test_span_witnesses_follow_the_schema(byte_tok, schema, valid, invalid):
     prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
     assert any("context-free span" in n for n in prog.notes)
-    check = _validator(schema)
-    for inst in valid:
-        assert check.is_valid(inst)
-        assert json_accepts(prog, "value", inst) == (True, True), inst
-    for inst in invalid:
-        assert not check.is_valid(inst)
-        assert json_accepts(prog, "value", inst)[1] is False, inst
+    _holds_exactly(prog, schema, valid, invalid)
     _generate_valid(byte_tok, schema, seeds=range(2))
 
 
@@ -486,11 +480,8 @@ def test_not_an_integer_is_written_as_numbers_with_a_fraction(byte_tok):
     schema = {"type": "object", "properties": {"ratio": ratio}, "required": ["ratio"], "additionalProperties": False}
     prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
     assert any("without an exponent" in n for n in prog.notes)
-    check = _validator(schema)
-    for v in (0.5, -2.75, 2.999, -0.001):
-        assert check.is_valid({"ratio": v}) and _accepted(prog, schema, {"ratio": v}), v
-    for v in (1, 3, 2.0, -3.5, 3.25, "x", None):
-        assert not check.is_valid({"ratio": v}) and not _accepted(prog, schema, {"ratio": v}), v
+    valid = [{"ratio": v} for v in (0.5, -2.75, 2.999, -0.001)]
+    _holds_exactly(prog, schema, valid, [{"ratio": v} for v in (1, 3, 2.0, -3.5, 3.25, "x", None)])
     for res in _generate_valid(byte_tok, schema, seeds=range(3)):
         assert not float(json.loads(res["value"])["ratio"]).is_integer()
 
