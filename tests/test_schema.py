@@ -416,6 +416,31 @@ def test_the_span_acceptance_check_finds_any_key_order(byte_tok):
     _holds_exactly(prog, schema, valid, invalid)
 
 
+def test_programs_with_a_span_pickle(byte_tok):
+    """The server's compile workers send programs back pickled (the tokenizer by reference): a
+    span's grammar pickles without its llguidance matcher, which cannot be pickled, and builds
+    one again on use."""
+    import io
+    import pickle
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):  # type: ignore[no-untyped-def]
+            return "tok" if obj is byte_tok else None
+
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid):  # type: ignore[no-untyped-def]
+            return byte_tok
+
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 200}}, "required": ["s"]}
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert json_accepts(prog, "value", {"s": "x"}) == (True, True)  # the matcher is built and cached
+    buf = io.BytesIO()
+    Pickler(buf).dump(prog)
+    again = Unpickler(io.BytesIO(buf.getvalue())).load()
+    assert json_accepts(again, "value", {"s": "x"}) == (True, True)
+    assert json_accepts(again, "value", {"s": 1})[1] is False
+
+
 def test_the_span_finds_a_witness_through_unions_that_name_properties(byte_tok):
     """``dependencies`` becomes ``anyOf [{properties: {shape: false}}, {required: [...]}]`` beside
     the object's own properties: the span's closing witness must keep both (it used to replace the

@@ -91,6 +91,16 @@ class CompiledGrammar:
         """The matcher every :meth:`matcher` copies; never advanced itself."""
         return new_matcher(self.tokenizer, self.ll_grammar)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the matcher (llguidance's cannot be pickled; it is rebuilt on use):
+        compiled programs cross process boundaries in the server's compile workers."""
+        state = dict(self.__dict__)
+        state.pop("prototype", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
 
 def new_matcher(tok: Tokenizer, ll_grammar: str) -> Any:
     ll = load_llguidance()
