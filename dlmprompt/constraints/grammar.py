@@ -89,7 +89,12 @@ class CompiledGrammar:
     @cached_property
     def prototype(self) -> Any:
         """The matcher every :meth:`matcher` copies; never advanced itself."""
-        return new_matcher(self.tokenizer, self.ll_grammar)
+        return _new_matcher(self.tokenizer, self.ll_grammar)
+
+    def adopt(self, matcher: Any) -> CompiledGrammar:
+        """Take ``matcher``, built for this grammar and not advanced, as :attr:`prototype`."""
+        self.__dict__["prototype"] = matcher
+        return self
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without the matcher (llguidance's cannot be pickled; it is rebuilt on use):
@@ -102,7 +107,7 @@ class CompiledGrammar:
         self.__dict__.update(state)
 
 
-def new_matcher(tok: Tokenizer, ll_grammar: str) -> Any:
+def _new_matcher(tok: Tokenizer, ll_grammar: str) -> Any:
     ll = load_llguidance()
     m = ll.LLMatcher(ll_tokenizer(tok), ll_grammar, log_level=0)
     if m.is_error():  # pragma: no cover - validated at compile time

@@ -274,9 +274,7 @@ def compile_json_grammar(schema: Any, tok: Tokenizer, *, max_witness: int = 4096
             continue
         m = matcher.deep_copy()  # building a matcher takes seconds on large schemas; a copy does not
         if m.try_consume_tokens(ids) == len(ids) and m.is_accepting():
-            compiled = CompiledGrammar(lark="", ll_grammar=spec, witness=tuple(ids), tokenizer=tok)
-            compiled.__dict__["prototype"] = matcher  # the matcher its copies start from
-            return compiled
+            return CompiledGrammar(lark="", ll_grammar=spec, witness=tuple(ids), tokenizer=tok).adopt(matcher)
     return "no small instance of the schema found to keep the span closable"
 
 

@@ -349,6 +349,9 @@ def _widths_within(pattern: str, lo: int, hi: int | None) -> bool:
     return a >= lo and (hi is None or b <= hi)
 
 
+FRACTION = r"\.[0-9]*[1-9][0-9]*"  # a fractional part that is not zero
+
+
 def _numeric(ctx: Context, schema: dict[str, Any], ty: str, path: str) -> str | None:
     lo, hi = schema.get("minimum"), schema.get("maximum")
     xlo, xhi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
@@ -376,17 +379,19 @@ def _numeric(ctx: Context, schema: dict[str, Any], ty: str, path: str) -> str | 
         xlo = -big
     mult = schema.get("multipleOf")
     integer = ty == "integer"
-    if schema.get(NOT_INTEGER):  # numbers with a fractional part (from the negation of an integer type)
-        if integer or mult is not None:
-            return None if integer else _refuse_fraction_multiple(ctx, path)
-        return _fractional(ctx, lo, hi, xlo, xhi, path)
+    # the negation of an integer type: only the numbers with a non-zero fraction (written below)
+    fractional = bool(schema.get(NOT_INTEGER))
+    if fractional and integer:
+        return None
+    if fractional and mult is not None:
+        raise ctx.refuse(path, "multipleOf together with 'not an integer' is not supported")
     if mult is not None:
         if isinstance(mult, (int, float)) and not isinstance(mult, bool) and float(mult) == 1.0:
             integer = True
         else:
             raise ctx.refuse(path, f"multipleOf {mult!r} is not supported (only 1)")
     bounds = [lo, hi, xlo, xhi]
-    if not integer and all(b is None for b in bounds):
+    if not integer and not fractional and all(b is None for b in bounds):
         return NUMBER
     # integer bounds: ceil / floor; a number with non-integer bounds is refused
     ilo = None
@@ -405,6 +410,8 @@ def _numeric(ctx: Context, schema: dict[str, Any], ty: str, path: str) -> str | 
         raise ctx.refuse(path, "a number bound that is not a whole number is not supported (use integer bounds)")
     # numbers with whole bounds: whole values in range, and values with a fraction strictly inside
     parts = []
+    if fractional:  # whether 1.5e1 is an integer is not a regular property of its text
+        ctx.note(path, "numbers that are not integers are written without an exponent")
     lo_n = None if lo is None else int(lo)
     hi_n = None if hi is None else int(hi)
     # x >= lo (or > xlo) and x <= hi (or < xhi), written as sign, integer part, fraction
@@ -414,7 +421,7 @@ def _numeric(ctx: Context, schema: dict[str, Any], ty: str, path: str) -> str | 
     # whole values
     wl = None if low is None else (low + 1 if low_strict else low)
     wh = None if high is None else (high - 1 if high_strict else high)
-    whole = int_range(wl, wh)
+    whole = None if fractional else int_range(wl, wh)
     if whole is not None:
         parts.append(whole + r"(?:\.0+)?")
     # values with a non-zero fraction: integer part i, fraction f>0; non-negative: i.f in (i, i+1)
@@ -423,46 +430,13 @@ def _numeric(ctx: Context, schema: dict[str, Any], ty: str, path: str) -> str | 
     if high is None or high > 0:
         r = int_range(pos_lo, pos_hi)
         if r is not None:
-            parts.append(r + r"\.[0-9]*[1-9][0-9]*")
+            parts.append(r + FRACTION)
     if low is None or low < 0:  # negative: -(i.f) with i.f in (i, i+1), i in [max(0,-high), -low-1]
         nlo = 0 if high is None or high > 0 else -high
         nhi = None if low is None else -low - 1
         r = int_range(nlo, nhi)
         if r is not None:
-            parts.append("-" + f"(?:{r})" + r"\.[0-9]*[1-9][0-9]*")
-    return alt(parts) if parts else None
-
-
-def _refuse_fraction_multiple(ctx: Context, path: str) -> str:
-    raise ctx.refuse(path, "multipleOf together with 'not an integer' is not supported")
-
-
-FRACTION = r"\.[0-9]*[1-9][0-9]*"  # a fractional part that is not zero
-
-
-def _fractional(
-    ctx: Context, lo: float | None, hi: float | None, xlo: float | None, xhi: float | None, path: str
-) -> str | None:
-    """The numbers that are not integers, within the bounds (whole bounds only), written without
-    an exponent (whether ``1.5e1`` is an integer is not a regular property of its text)."""
-    bounds = [lo, hi, xlo, xhi]
-    if any(b is not None and not float(b).is_integer() for b in bounds):
-        raise ctx.refuse(path, "a bound that is not a whole number on 'not an integer' is not supported")
-    ctx.note(path, "numbers that are not integers are written without an exponent")
-    # x in (i, i + 1) for whole i: x > lo (or xlo) iff i >= lo (or xlo); x < hi (or xhi) iff i + 1 <= hi
-    low = next((int(b) for b in (lo, xlo) if b is not None), None)
-    high = next((int(b) for b in (hi, xhi) if b is not None), None)
-    parts = []
-    # non-negative x = i.f with i in [max(0, low), high - 1]
-    if high is None or high > 0:
-        r = int_range(max(0, low) if low is not None else 0, None if high is None else high - 1)
-        if r is not None:
-            parts.append(f"(?:{r}){FRACTION}")
-    # negative x = -(i.f) with i.f in (i, i + 1), i in [max(0, -high), -low - 1]
-    if low is None or low < 0:
-        r = int_range(0 if high is None or high > 0 else -high, None if low is None else -low - 1)
-        if r is not None:
-            parts.append(f"-(?:{r}){FRACTION}")
+            parts.append("-" + f"(?:{r})" + FRACTION)
     return alt(parts) if parts else None
 
 
