@@ -92,6 +92,7 @@ class Schedule:
     cfg_scale: float
     length: str = "fixed"  # "fixed" | "adaptive" (spec.Sampling.length)
     remask: Any = None  # a spec.Remask policy, or None
+    sampling: Any = None  # the spec.Sampling it was made from (options applied)
 
     @property
     def steps(self) -> int | None:
@@ -714,7 +715,17 @@ def _describe(part: Slot) -> str:
 DEFAULT_THRESHOLD = 0.9
 
 
-def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float) -> Schedule:
+def aligned_schedule(program: Program, block: int) -> Schedule:
+    """The program's schedule with blocks at the multiples of ``block`` canvas positions (a
+    block-causal model's own blocks: position p is in block p // block), slots at their fixed
+    lengths; steps and thresholds as the program asks."""
+    sched = program.schedule
+    sampling = sched.sampling if sched.sampling is not None else program.spec.sampling
+    sampling = sampling.model_copy(update={"block_length": block, "length": "fixed"})
+    return _schedule(program.layout, sampling, sched.cfg_scale, align=True)
+
+
+def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float, *, align: bool = False) -> Schedule:
     if sampling.threshold is None and sampling.steps is None and sampling.tokens_per_step is None:
         sampling = sampling.model_copy(update={"threshold": DEFAULT_THRESHOLD})
     positions = np.nonzero(layout.slot_of >= 0)[0]
@@ -728,13 +739,15 @@ def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float) -> Schedule:
             cfg_scale,
             sampling.length,
             sampling.remask,
+            sampling,
         )
     first, last = int(positions[0]), int(positions[-1]) + 1
     if sampling.block_length is None:
         blocks = [(first, last)]
     else:
         b = sampling.block_length
-        blocks = [(s, min(s + b, last)) for s in range(first, last, b)]
+        origin = first - first % b if align else first
+        blocks = [(max(s, first), min(s + b, last)) for s in range(origin, last, b)]
     sizes = [int(((layout.slot_of[a:z]) >= 0).sum()) for a, z in blocks]
     blocks = [blk for blk, m in zip(blocks, sizes) if m > 0]
     sizes = [m for m in sizes if m > 0]
@@ -764,4 +777,5 @@ def _schedule(layout: Layout, sampling: Sampling, cfg_scale: float) -> Schedule:
         cfg_scale=cfg_scale,
         length=sampling.length,
         remask=sampling.remask,
+        sampling=sampling,
     )

@@ -59,6 +59,21 @@ def cluster():  # type: ignore[no-untyped-def]
         ray.shutdown()
 
 
+def _compile_log() -> str:
+    """What the replicas logged about their compile workers (the exit code or the out-of-memory
+    traceback), for an assertion message: a replica's errors are not in the test's output."""
+    import glob
+
+    lines: list[str] = []
+    for path in glob.glob("/tmp/ray/session_latest/logs/**/*", recursive=True):
+        try:
+            with open(path, errors="replace") as f:
+                lines += [ln.rstrip() for ln in f if "compile worker" in ln]
+        except OSError:
+            continue
+    return "\n".join(lines[-20:]) or "(no compile worker log)"
+
+
 def _gen(url: str, prompt: Prompt, seed: int, timeout: float = 120) -> httpx.Response:
     body = {"prompt": prompt.model_dump(mode="json", by_alias=True), "seed": seed}
     return httpx.post(f"{url}/v1/generate", json=body, timeout=timeout)
@@ -157,5 +172,5 @@ def test_a_replica_killed_under_load_fails_only_its_requests_and_comes_back(clus
     while len(seen) < 2:
         assert time.monotonic() - t < 120, seen
         resp = _gen(cluster, NAME, len(seen))
-        assert resp.status_code == 200, resp.text
+        assert resp.status_code == 200, (resp.text, _compile_log())
         seen.add(resp.headers["x-dlmprompt-replica"])

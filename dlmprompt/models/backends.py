@@ -78,6 +78,10 @@ def from_transformers(model: Any, tokenizer: Any, **ids: int) -> TransformersDen
         tok = tokenizer if isinstance(tokenizer, Tokenizer) else diffusion_gemma_tokenizer(tokenizer, model, ids)
         return DiffusionGemmaDenoiser(model, tok)  # type: ignore[return-value]
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else _wrap_tokenizer(tokenizer, model, ids)
+    if family == "block_causal":
+        from dlmprompt.models.blockcausal import BlockCausalDenoiser
+
+        return BlockCausalDenoiser(model, tok)  # type: ignore[return-value]
     return TransformersDenoiser(model, tok, shift=shift, family=family)
 
 
@@ -95,12 +99,18 @@ def _wrap_tokenizer(tokenizer: Any, model: Any, ids: dict[str, int]) -> Tokenize
 _MASKED_LM_TYPES = {"bert", "modernbert", "roberta", "distilbert", "xlm-roberta", "electra", "deberta-v2"}
 
 
+# block-causal block diffusion: LLaDA2.x (llada2_moe), SDAR, Fast-dLLM v2
+_BLOCK_CAUSAL_TYPES = {"llada2", "llada2_moe", "sdar", "sdar_moe", "fast_dllm_v2", "fast_dllm_qwen"}
+
+
 def _family(config: Any) -> tuple[str, bool]:
     """(family, shifted logits) from a model config."""
     archs = [a.lower() for a in (getattr(config, "architectures", None) or [])]
     model_type = str(getattr(config, "model_type", "")).lower()
     if any("maskedlm" in a for a in archs) or model_type in _MASKED_LM_TYPES:
         return "masked_lm", False
+    if model_type in _BLOCK_CAUSAL_TYPES or any(k in a for a in archs for k in ("llada2", "sdar", "fast_dllm")):
+        return "block_causal", False
     if model_type.startswith("llada") or any("llada" in a for a in archs):
         return "llada", False
     if model_type.startswith("dream") or any("dream" in a or "diffucoder" in a for a in archs):
@@ -110,7 +120,8 @@ def _family(config: Any) -> tuple[str, bool]:
     raise BackendError(
         f"cannot tell which diffusion family model_type={model_type!r} (architectures {archs}) belongs to; "
         "supported: masked LMs (AutoModelForMaskedLM: BERT, ModernBERT, the embedded model), LLaDA-style "
-        "masked DLMs, Dream-style DLMs with right-shifted logits and DiffusionGemma. For another model, "
+        "masked DLMs, Dream-style DLMs with right-shifted logits, block-causal models (LLaDA2.x, SDAR) and "
+        "DiffusionGemma. For another model, "
         "wrap it yourself: "
         "TransformersDenoiser(model, Tokenizer.from_hf(tok, mask_id=..., pad_id=..., eos_id=...), shift=...)"
     )
@@ -122,12 +133,16 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     trust_remote_code: bool = False,
+    block_length: int | None = None,
+    kv_cache: bool = True,
 ) -> TransformersDenoiser:
     """Load a checkpoint as a denoiser: the embedded default model (no argument) or a local
     checkpoint folder. :func:`dlmprompt.load` also takes a server URL.
 
-    The family (masked LM, LLaDA-style, Dream-style, DiffusionGemma) is read from the config. LLaDA and Dream
-    ship their model code with the checkpoint: pass ``trust_remote_code=True`` to run it.
+    The family (masked LM, LLaDA-style, Dream-style, block-causal, DiffusionGemma) is read from the
+    config. LLaDA, Dream, LLaDA2 and SDAR ship their model code with the checkpoint: pass
+    ``trust_remote_code=True`` to run it. ``block_length`` (default: the config's, else 32) and
+    ``kv_cache`` are for block-causal models (:class:`~dlmprompt.models.blockcausal.BlockCausalDenoiser`).
     """
     path = default_model_path() if name_or_path is None else Path(name_or_path)
     if not (path / "config.json").is_file():
@@ -153,11 +168,17 @@ def load_model(
             ) from None
         raise BackendError(f"cannot read the config in {path}: {exc}") from None
     family, shift = _family(config)
+    if family != "block_causal" and (block_length is not None or not kv_cache):
+        raise BackendError(
+            f"block_length and kv_cache are options of block-causal models (LLaDA2.x, SDAR); {path} is {family!r}"
+        )
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if family == "diffusion_gemma":
         from transformers import AutoModelForImageTextToText as auto
+    elif family == "block_causal":
+        from transformers import AutoModelForCausalLM as auto
     else:
         auto = AutoModelForMaskedLM if family == "masked_lm" else AutoModel
     model = auto.from_pretrained(path, **kwargs)
@@ -171,6 +192,12 @@ def load_model(
             model, diffusion_gemma_tokenizer(hf_tok, model, {}), name=str(path)
         )
     tok = _wrap_tokenizer(hf_tok, model, {})
+    if family == "block_causal":
+        from dlmprompt.models.blockcausal import BlockCausalDenoiser
+
+        return BlockCausalDenoiser(  # type: ignore[return-value]
+            model, tok, block_length=block_length, kv_cache=kv_cache, name=str(path)
+        )
     return TransformersDenoiser(
         model, tok, shift=shift, family=family, name="dlmprompt-default" if name_or_path is None else str(path)
     )

@@ -106,6 +106,9 @@ class Row(CanvasRevision):
         self.strategy = make_remasking(self.sched.strategy)
         self.slot_of = program.layout.slot_of
         self.cursors: dict[int, Any] = {}
+        # the canvas position of the first row of the logits a step gets (block-causal models
+        # with a KV cache compute the current block only)
+        self.logit_base = 0
         self.device_state: Any = None  # devicepath._RowState once the row runs on the device path
         self.positions = 0  # canvas positions the model processed, summed over passes
         # adaptive length: slot index -> how many of its positions the model sees (the rest of the
@@ -272,7 +275,11 @@ class Row(CanvasRevision):
     def _grammar_step(
         self, cursor: Any, logits: torch.Tensor, v: int, temp: float, block_stop: int
     ) -> list[tuple[int, int, float]]:
-        lg = clean_logits(logits[cursor.pos : cursor.stop, :v])
+        off = self.logit_base
+        lg = clean_logits(logits[cursor.pos - off : cursor.stop - off, :v])
+        if lg.shape[0] < cursor.stop - cursor.pos:  # positions past the computed window: no information
+            fill = torch.zeros(cursor.stop - cursor.pos - lg.shape[0], lg.shape[1], dtype=lg.dtype, device=lg.device)
+            lg = torch.cat([lg, fill])
         if temp > 0:
             lg = lg / temp
         logp = torch.log_softmax(lg.double(), dim=1).cpu().numpy()
@@ -310,13 +317,20 @@ class Row(CanvasRevision):
         separate = two or (greedy and not auto.trivial)
         pos = np.concatenate([p for _, p, _ in members])
         want = np.concatenate([w for _, _, w in members])
-        pos_t = torch.from_numpy(pos).to(dev)
+        # rows of the logits; positions outside them (later blocks of a block-causal model) get
+        # zero logits: every token equally likely, so they only count completions
+        rel = pos - self.logit_base
+        outside = (rel < 0) | (rel >= logits.shape[0])
+        pos_t = torch.from_numpy(np.clip(rel, 0, logits.shape[0] - 1)).to(dev)
+        out_t = torch.from_numpy(outside).to(dev)[:, None] if outside.any() else None
         # pass 1: log-normalisers and log class masses of every masked position of the slots
         lse = torch.empty(len(pos), dtype=torch.float32, device=dev)
         log_mass = torch.empty(len(pos), c, dtype=torch.float64, device=dev)
         log_mass_s = torch.empty(len(pos), c, dtype=torch.float64, device=dev) if separate else log_mass
         for i in range(0, len(pos), _CHUNK):
             lg = clean_logits(logits[pos_t[i : i + _CHUNK], :v])
+            if out_t is not None:
+                lg = lg.masked_fill(out_t[i : i + _CHUNK], 0.0)
             lse[i : i + _CHUNK] = torch.logsumexp(lg, dim=1)
             log_mass[i : i + _CHUNK] = self._log_class_mass(lg, lse[i : i + _CHUNK], cls, auto)
             if two:
@@ -331,7 +345,10 @@ class Row(CanvasRevision):
                 redo = np.nonzero(np.isneginf(host[k]).any(axis=1))[0]
                 if len(redo) == 0 or (k == 1 and not two):  # greedy class maxima never underflow
                     continue
-                lg = clean_logits(logits[pos_t[torch.from_numpy(redo).to(dev)], :v])
+                redo_t = torch.from_numpy(redo).to(dev)
+                lg = clean_logits(logits[pos_t[redo_t], :v])
+                if out_t is not None:
+                    lg = lg.masked_fill(out_t[redo_t], 0.0)
                 if k == 1:
                     lg = lg.double() / temp
                 host[k][redo] = self.log_class_mass_exact(lg, torch.logsumexp(lg, dim=1), cls, auto).cpu().numpy()

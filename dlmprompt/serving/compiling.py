@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import multiprocessing
 import os
 import pickle
@@ -39,6 +40,7 @@ from dlmprompt.compiler import Program, cached_program, compile, remember_progra
 from dlmprompt.errors import DLMPromptError
 from dlmprompt.spec import Prompt
 
+log = logging.getLogger("dlmprompt.compile")
 
 class CompileBudgetError(DLMPromptError):
     """A compile went past its time or memory budget (or its client left) and was stopped."""
@@ -131,7 +133,7 @@ def _worker(conn: Any, tokenizer: Any, memory_bytes: int) -> None:
             _Pickler(f, tokenizer).dump(program)
             reply: tuple[Any, ...] = ("ok", f.getvalue())
         except MemoryError:
-            conn.send(("memory", ""))
+            conn.send(("memory", _where()))
             return  # the heap may be in any state: let the pool start a fresh worker
         except DLMPromptError as exc:
             reply = ("refused", type(exc).__name__, str(exc))
@@ -140,8 +142,20 @@ def _worker(conn: Any, tokenizer: Any, memory_bytes: int) -> None:
         try:
             conn.send(reply)
         except MemoryError:
-            conn.send(("memory", ""))
+            conn.send(("memory", _where()))
             return
+
+
+def _where() -> str:
+    """Where the worker ran out of memory, for the server's log: its address space and the last
+    frames of the traceback."""
+    import traceback
+
+    try:
+        frames = "".join(traceback.format_exc(limit=-4))
+    except MemoryError:
+        frames = "(no memory for the traceback)"
+    return f"VmSize {_vm_bytes() >> 20} MB; {frames}"
 
 
 class _Worker:
@@ -302,6 +316,7 @@ class CompilePool:
         if kind == "died":
             code = await asyncio.to_thread(worker.exitcode, 2.0)
             worker.kill()
+            log.warning("compile worker %s stopped with exit code %s", worker.proc.pid, code)
             if code not in (-signal.SIGABRT, -signal.SIGSEGV, -signal.SIGBUS, 1):  # killed from outside
                 self.stats["killed"] += 1
                 raise CompileBudgetError(
@@ -309,6 +324,8 @@ class CompilePool:
                 )
             kind = "memory"  # native code that cannot allocate aborts
         if kind == "memory":
+            if reply[1]:
+                log.warning("compile worker %s ran out of memory: %s", worker.proc.pid, reply[1])
             worker.kill()
             self.stats["memory"] += 1
             raise CompileBudgetError(

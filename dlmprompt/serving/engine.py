@@ -92,7 +92,7 @@ class Engine:
     def __init__(self, denoiser: Any, *, max_batch: int = 32, max_queue: int = 128) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
-        if hasattr(denoiser, "block_sample"):
+        if hasattr(denoiser, "block_sample") and not hasattr(denoiser, "prepare_row"):
             from dlmprompt.errors import BackendError
 
             raise BackendError(
@@ -159,6 +159,14 @@ class Engine:
                 continue
             gen = row_generators(None if job.seed is None else torch.Generator().manual_seed(job.seed), 1)[0]
             job.row = Row(0, job.program, gen)
+            prepare = getattr(self.denoiser, "prepare_row", None)
+            if prepare is not None:  # block-causal models: their own blocks, stepped without a cache
+                try:
+                    prepare(job.row)
+                except DLMPromptError as exc:
+                    job.future.set_exception(exc)
+                    self.stats.finished += 1
+                    continue
             if job.row.done:  # nothing to fill
                 job.future.set_result(job.row.result())
                 self.stats.finished += 1
