@@ -350,7 +350,7 @@ def _lay_out_json(
             slot=part.name,
         )
     slow = None
-    if template is not None and constrained and not grounded and not template.notes:
+    if template is not None and constrained and not grounded and not template.notes and c.layout == "auto":
         slow = _slow_template(template, tok)
     if constrained and (refusal is not None or narrowed or slow or (template.notes and not grounded)):  # type: ignore[union-attr]
         # not exact as a template: one context-free span (llguidance), when it takes the schema
@@ -391,8 +391,8 @@ def _lay_out_json(
     if refusal is not None:
         raise SchemaError(refusal.reason, path=refusal.path, slot=part.name) from None
     assert template is not None
-    if constrained and slow is None and template.notes and not grounded:  # the span could not take it
-        slow = _slow_template(template, tok)
+    if constrained and slow is None and ((template.notes and not grounded) or c.layout == "template"):
+        slow = _slow_template(template, tok)  # the span could not take it, or the user asked for the template
     seconds = _build_seconds(template, tok, stop_at=2 * TEMPLATE_REFUSE_S) if slow else 0.0
     if seconds > TEMPLATE_REFUSE_S:
         took = "far too long" if seconds == float("inf") else f"about {seconds:.1f} s or more"

@@ -91,7 +91,11 @@ class Json(_Model):
     ``model``: the pydantic model's import path, when the schema came from one. ``grounded``: every
     free string leaf (no ``enum``, ``const`` or ``format``) is a span of the sources; a property
     schema's ``"x-grounded"`` keyword overrides that per property (``false``, ``true``, or a
-    :class:`Grounded` object of its own).
+    :class:`Grounded` object of its own). ``layout``: ``"auto"`` lays an exact template out unless
+    its token automata would take over 0.1 s to build at the tokenizer's vocabulary, then the value
+    becomes one context-free span (decoded left to right); ``"template"`` keeps the exact template
+    whatever its build time (up to the 2 s refusal limit): slower to compile once, its values then
+    fill in parallel.
     """
 
     type: Literal["json"] = "json"
@@ -101,6 +105,7 @@ class Json(_Model):
     additional_properties: bool | None = None
     model: str | None = None
     grounded: Grounded | None = None
+    layout: Literal["auto", "template"] = "auto"
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
@@ -416,6 +421,7 @@ def slot(
     additional_properties: bool | None = None,
     grounded: Any = None,
     guidance: float = 1.0,
+    layout: str = "auto",
 ) -> Any:
     """Make a slot.
 
@@ -426,7 +432,9 @@ def slot(
 
     ``schema=`` takes a JSON Schema dict or a pydantic model class; ``max_tokens`` is then the
     budget of each value in the template (default 16; parts of unknown structure get 3 times
-    that), and ``indent`` / ``lenient`` / ``additional_properties`` are passed to :class:`Json`.
+    that), and ``indent`` / ``lenient`` / ``additional_properties`` / ``layout`` are passed to
+    :class:`Json` (``layout="template"``: keep the exact template however long its automata take to
+    build at a large vocabulary, so that values fill in parallel).
 
     ``grounded=`` makes the value a span of a source text, exactly, together with the constraint:
     a text, an anchor (a :class:`Text`; a named one is referred to by name), an
@@ -449,14 +457,21 @@ def slot(
         "additional_properties": additional_properties,
         "grounded": grounded,
         "guidance": guidance,
+        "layout": layout,
     }
     if name is None:
         return SlotArgs(**kwargs)
     if sum(x is not None for x in (regex, choice, schema, grammar)) > 1:
         raise SpecError(f"slot {name!r}: give one of regex=, choice=, schema= or grammar=, not several")
     ground = _grounding(name, grounded)
+    if layout not in ("auto", "template"):
+        raise SpecError(f"slot {name!r}: layout= is 'auto' or 'template'; got {layout!r}")
+    if layout != "auto" and schema is None:
+        raise SpecError(f"slot {name!r}: layout= is an option of schema= slots")
     if schema is not None:
         made = _json_slot(name, schema, max_tokens, tokens, indent, lenient, additional_properties, ground)
+        if layout != "auto":
+            made = made.model_copy(update={"constraint": made.constraint.model_copy(update={"layout": layout})})
         return made if guidance == 1.0 else made.model_copy(update={"guidance": float(guidance)})
     if ground is not None and grammar is not None:
         raise SpecError(f"slot {name!r}: grounded= works with regex=, choice=, schema= and free text, not grammar=")

@@ -79,6 +79,37 @@ def test_gpu_step_benchmark_small_runs_on_cpu(tmp_path) -> None:
     assert data["generation"]["constrained_ms"] > 0
 
 
+def test_e2e_vs_ar_benchmark_small_runs_on_cpu(tmp_path) -> None:
+    """Issue 18's benchmark in its CPU mode: every job on both diffusion models and the
+    autoregressive one, the figures it promises, every output valid on both sides."""
+    path = tmp_path / "e2e.json"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "e2e_vs_ar.py"), "--small", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(path.read_text())
+    runs = data["runs"]
+    keys = {(r["job"], r["model"], r["batch"], r["tokens_per_forward"]) for r in runs}
+    assert keys == {
+        (j, m, b, k)
+        for j in ("extraction", "form", "code")
+        for m in ("llada8b", "llada2mini")
+        for b in (1, 2)
+        for k in (4, 8)
+    }
+    for r in runs:
+        assert r["gpu"] == "cpu" and r["dlm_ms"] > 0 and r["ar_ms"] > 0
+        assert r["latency_ratio"] == pytest.approx(r["dlm_ms"] / r["ar_ms"], rel=1e-2)
+        assert r["dlm_valid"] and r["ar_valid"], r
+        # values fill in parallel: more than one output token per forward pass, and fewer passes
+        # than the autoregressive model's (it writes every key and brace itself)
+        assert r["dlm_tokens_per_forward"] > 1 and r["dlm_forward_passes"] < r["ar_forward_passes"]
+    assert "latency_ratio" in out.stdout
+
+
 def test_serve_example_runs_as_written() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "serve_and_query.py")], capture_output=True, text=True, check=False

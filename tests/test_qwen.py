@@ -71,3 +71,42 @@ def test_random_regexes_at_qwen_size(qwen_tok, data) -> None:
         generator=torch.Generator().manual_seed(seed),
     )
     check_result(prog, res)
+
+
+def test_layout_template_keeps_an_exact_template_that_auto_sends_to_the_span(qwen_tok) -> None:
+    """At 151k tokens a 6-field record's automata take over the 0.1 s build budget: ``auto``
+    decodes it as one left-to-right span, ``layout="template"`` keeps the template (values as
+    parallel holes). Both are exact: every output is valid under the schema."""
+    import json
+
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "pattern": "^[A-Z][a-z]{1,12}( [A-Z][a-z]{1,12})?$"},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "city": {"type": "string", "pattern": "^[A-Z][a-z]{1,15}$"},
+            "email": {"type": "string", "pattern": "^[a-z0-9._-]{1,20}@[a-z0-9-]{1,15}\\.[a-z]{2,6}$"},
+            "employer": {"type": "string", "pattern": "^[A-Z][A-Za-z]{1,12}( [A-Z][A-Za-z]{1,12})?$"},
+            "role": {"enum": ["analyst", "manager", "engineer"]},
+        },
+        "required": ["name", "age", "city", "email", "employer", "role"],
+        "additionalProperties": False,
+    }
+    auto = compile(Prompt("Record: ") + slot("r", schema=schema, max_tokens=8), qwen_tok)
+    kept = compile(Prompt("Record: ") + slot("r", schema=schema, max_tokens=8, layout="template"), qwen_tok)
+    assert [s.grammar is not None for s in auto.slots] == [True] and "context-free span" in auto.notes[0]
+    assert len(kept.slots) == 6 and all(s.grammar is None for s in kept.slots) and kept.notes == []
+    for prog in (auto, kept):
+        res = generate(RandomDenoiser(qwen_tok, seed=1), prog, generator=torch.Generator().manual_seed(1))
+        check_result(prog, res)
+        jsonschema.validate(json.loads(res["r"]), schema)
+    import pytest
+
+    from dlmprompt import SpecError
+
+    with pytest.raises(SpecError, match="layout= is 'auto' or 'template'"):
+        slot("r", schema=schema, max_tokens=8, layout="fast")
+    with pytest.raises(SpecError, match="option of schema= slots"):
+        slot("r", regex="[a-z]+", max_tokens=8, layout="template")

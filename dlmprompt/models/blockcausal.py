@@ -189,6 +189,7 @@ class BlockCausalDenoiser:
             for i, r in enumerate(members):
                 caches[id(r)] = (start, [(k[i : i + 1], v[i : i + 1]) for k, v in layers])
                 r.positions += start - have
+                r.passes += 1  # a pass over the finished blocks (counted: it is model time)
 
     def _window(self, rows: list[Row], start: int, stop: int, caches: dict[int, Any]) -> torch.Tensor:
         ids = torch.from_numpy(np.stack([r.canvas[start:stop] for r in rows]))
