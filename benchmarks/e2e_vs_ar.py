@@ -226,6 +226,15 @@ class LLaDA2Shaped(nn.Module):
 
 def build(kind: str, shape: dict[str, int], vocab: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
     torch.manual_seed(0)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in its dtype on the device: no float32 copy of 8B weights
+    try:
+        return _build(kind, shape, vocab, device, dtype)
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _build(kind: str, shape: dict[str, int], vocab: int, device: torch.device, dtype: torch.dtype) -> nn.Module:
     with torch.device(device):
         if kind == "llada8b":
             model: nn.Module = LLaDAShaped(shape["d"], shape["layers"], shape["heads"], shape["ff"], vocab)

@@ -83,8 +83,8 @@ def test_steps_stream_and_special_cases_are_refused(den) -> None:
     )
     steps = list(sample(den, prog, generator=torch.Generator().manual_seed(0)))
     assert steps and all(s.canvas.shape == prog.layout.canvas.shape for s in steps)
-    with pytest.raises(BackendError, match="grammar slots"):
-        generate(den, Prompt("x") + slot("g", grammar='start: "a" | "b"', max_tokens=2))
+    with pytest.raises(BackendError, match="classifier-free guidance"):
+        generate(den, compile(Prompt("x") + slot("g", max_tokens=2), den.tokenizer, cfg_scale=1.0))
     with pytest.raises(BackendError, match="own loop"):
         den(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool))
     with pytest.raises(BackendError, match="remask= and strategy='structure_first'"):
@@ -96,11 +96,35 @@ def test_steps_stream_and_special_cases_are_refused(den) -> None:
     assert np.array_equal(fixed.canvas, adaptive.canvas)
 
 
-def test_the_batching_server_refuses_it_clearly(den) -> None:
-    from dlmprompt.serving.engine import Engine
+def test_the_batching_server_serves_it(den) -> None:
+    """``dlmprompt serve`` drives DiffusionGemma's own loop, one step per engine iteration for
+    each request in flight: answers equal ``generate`` with the same seed, also when requests
+    overlap, and a prompt the model refuses fails alone with its reason."""
+    import threading
 
-    with pytest.raises(BackendError, match="batching server does not drive"):
-        Engine(den)
+    from fastapi.testclient import TestClient
+
+    from dlmprompt.serving.server import create_app
+
+    prompt = MIXED_PROMPT.with_sampling(steps=4)
+    with TestClient(create_app(den, compile_workers=0)) as client:
+        out: dict[int, dict] = {}
+
+        def ask(seed: int) -> None:
+            body = {"prompt": prompt.model_dump(mode="json", by_alias=True), "seed": seed}
+            out[seed] = client.post("/v1/generate", json=body).json()
+
+        threads = [threading.Thread(target=ask, args=(s,)) for s in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for seed in range(3):
+            alone = generate(den, compile(prompt, den.tokenizer), generator=torch.Generator().manual_seed(seed))
+            assert out[seed]["text"] == alone.text, out[seed]
+        remask = (Prompt("x = ") + slot("e", max_tokens=3)).with_sampling(remask=True)
+        bad = client.post("/v1/generate", json={"prompt": remask.model_dump(mode="json", by_alias=True)})
+        assert bad.status_code >= 400 and "remask=" in bad.text
 
 
 def test_a_row_without_slots_in_a_block_draws_and_counts_nothing_there(den) -> None:
@@ -119,3 +143,37 @@ def test_a_row_without_slots_in_a_block_draws_and_counts_nothing_there(den) -> N
     for x, y, prog in zip(batch, alone, progs):
         check_result(prog, x)
         assert np.array_equal(x.canvas, y.canvas) and x.steps == y.steps and x.forward_passes == y.forward_passes
+
+
+def test_grammar_slots_and_context_free_json_across_blocks(den) -> None:
+    """A Lark grammar slot and a JSON value on the context-free span, both longer than one
+    8-position block: each block's output is a walk that keeps the text a prefix of a sentence
+    closing within the slot, so every output parses (lark) and validates (jsonschema)."""
+    import json
+
+    import jsonschema
+    import lark
+
+    arith = 'start: expr\nexpr: term (("+" | "-") term)*\nterm: NUMBER | "(" expr ")"\nNUMBER: /[0-9]+/\n'
+    # a recursive schema: no template, the whole value is one context-free span
+    tree = {
+        "type": "object",
+        "properties": {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}},
+        "required": ["v"],
+        "additionalProperties": False,
+    }
+    prompt = (
+        Prompt("Q: ")
+        + slot("expr", grammar=arith, max_tokens=14)
+        + " T: "
+        + slot("tree", schema=tree, max_tokens=6)
+        + " ok"
+    ).with_sampling(steps=3)
+    prog = compile(prompt, den.tokenizer)
+    assert any(s.grammar is not None for s in prog.slots if s.name.startswith("tree"))
+    parser = lark.Lark(arith)
+    for seed in range(6):
+        res = generate(den, prog, generator=torch.Generator().manual_seed(seed))
+        check_result(prog, res)
+        parser.parse(res["expr"])
+        jsonschema.validate(json.loads(res["tree"]), tree)

@@ -16,6 +16,7 @@ draft are committed in one pass while the model is at least ``CHAIN_CONFIDENCE``
 
 from __future__ import annotations
 
+import copy
 import re
 import weakref
 from dataclasses import dataclass
@@ -313,6 +314,25 @@ class GrammarCursor:
         self.done = False
         self.vocab = len(compiled.tokenizer.token_bytes)
         self.ends = {t for t in (compiled.tokenizer.eos_id, pad_id) if t is not None}
+
+    def clone(self) -> GrammarCursor:
+        """An independent copy (its own matcher): a draft to walk without moving this cursor."""
+        other = copy.copy(self)
+        other.matcher = self.matcher.deep_copy()
+        other.witness = list(self.witness)
+        return other
+
+    def walk(self, logp: np.ndarray, stop: int, noise: Any = None) -> list[tuple[int, int, float]]:
+        """Commit every position up to ``stop`` (or the end of the text) by repeated
+        :meth:`advance` calls: the model's allowed token when it can still close in time, else the
+        witness's. ``noise``: a callable giving fresh Gumbel noise [V] per call, or None (greedy)."""
+        out: list[tuple[int, int, float]] = []
+        while not self.done and self.pos < min(self.stop, stop):
+            got = self.advance(logp, None if noise is None else noise(), stop)
+            if not got:  # pragma: no cover - advance always commits its first token
+                break
+            out.extend(got)
+        return out
 
     def _allowed(self) -> np.ndarray:
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)

@@ -133,11 +133,16 @@ class BlockCausalDenoiser:
         for members in groups.values():
             yield from self._run_group(members)
 
+    def check_program(self, program: Any) -> None:
+        """Raise :class:`BackendError` for what this family cannot run (the server asks before
+        queueing a request)."""
+        _check_program(program, self)
+
     def prepare_row(self, r: Row) -> None:
         """Refuse what the family cannot do; put the row's blocks on the model's own."""
         from dlmprompt.compiler import aligned_schedule
 
-        _check_row(r, self)
+        _check_program(r.program, self)
         r.fixed_length()
         r.sched = aligned_schedule(r.program, self.block_length)
         r.block = 0
@@ -218,13 +223,13 @@ def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(k, v) for k, v in cache]  # a legacy tuple of (key, value) per layer
 
 
-def _check_row(r: Row, den: BlockCausalDenoiser) -> None:
+def _check_program(program: Any, den: BlockCausalDenoiser) -> None:
     what = None
-    if r.sched.cfg_scale > 0:
+    if program.schedule.cfg_scale > 0:
         what = "classifier-free guidance (cfg_scale)"
-    elif r.remask is not None:
+    elif program.schedule.remask is not None:
         what = "remasking"
-    elif r.program.guidance is not None and r.program.guidance.reweights:
+    elif program.guidance is not None and program.guidance.reweights:
         what = "guidance terms"
     if what is not None:
         raise BackendError(

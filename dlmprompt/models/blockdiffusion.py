@@ -87,6 +87,11 @@ class DiffusionGemmaDenoiser:
         if not self.settings["t_max"] > self.settings["t_min"]:
             raise ValueError("t_max must be greater than t_min")
 
+    def check_program(self, program: Any) -> None:
+        """Raise :class:`BackendError` for what this model's loop cannot run (the server asks
+        before queueing a request)."""
+        _check_program(program)
+
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise BackendError(
             "DiffusionGemma decodes block by block with its own loop: use dlmprompt.generate / sample "
@@ -101,7 +106,7 @@ class DiffusionGemmaDenoiser:
         """Steps of every row; rows whose prompt length, canvas length and steps per block match
         share forward passes (groups run one after another)."""
         for r in rows:
-            _check_program(r)
+            _check_program(r.program)
         groups: dict[tuple[int, int, int], list[Row]] = {}
         for r in rows:
             steps = r.program.spec.sampling.steps or int(self.settings["max_denoising_steps"])
@@ -181,6 +186,7 @@ class DiffusionGemmaDenoiser:
                 out[i] = make(int(i))
             return out
 
+        walks: dict[tuple[int, int], Any] = {}  # (row, grammar slot) -> cursor after its latest greedy walk
         canvas = draw(anchor_t, lambda i: torch.randint(0, vocab, (1, c_len), device=dev, generator=gens[i])[0])
         canvas = torch.where(fixed_t, anchor_t, canvas)
         argmax = canvas
@@ -201,7 +207,7 @@ class DiffusionGemmaDenoiser:
             sampled = draw(argmax, lambda i, p=probs: torch.multinomial(p[i], 1, generator=gens[i]).squeeze(-1))
             new_argmax = torch.argmax(pl, dim=-1)
             live = np.nonzero(alive)[0]
-            sampled, new_argmax = self._constrain(rows, live, cur, pl, sampled, new_argmax, chain_gens)
+            sampled, new_argmax = self._constrain(rows, live, cur, pl, sampled, new_argmax, chain_gens, walks)
             ent = torch.distributions.Categorical(logits=pl).entropy()
             ent = torch.where(fixed_t, torch.zeros_like(ent), ent)  # anchors cost no budget
             s_ent, s_idx = torch.sort(ent, dim=-1)
@@ -233,6 +239,8 @@ class DiffusionGemmaDenoiser:
             alive = ~finished.cpu().numpy()
             if not alive.any():
                 break
+        for (i, index), walker in walks.items():  # the block's output is each row's last greedy walk
+            rows[i].cursors[index] = walker
         return argmax.cpu().numpy()
 
     def _steps(
@@ -277,9 +285,12 @@ class DiffusionGemmaDenoiser:
         sampled: torch.Tensor,
         argmax: torch.Tensor,
         chain_gens: list[torch.Generator],
+        walks: dict[tuple[int, int], Any],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Replace the sampled and argmax tokens of constrained slot positions in this block by a
-        valid sampled assignment and the most probable valid assignment."""
+        valid sampled assignment and the most probable valid assignment. Grammar slots leave in
+        ``walks`` the cursor after their most probable walk (the block's output, if this step is
+        its last)."""
         c_len = pl.shape[1]
         v = self.tokenizer.vocab_size
         dev = pl.device
@@ -289,6 +300,9 @@ class DiffusionGemmaDenoiser:
             for slot in r.program.layout.slots:
                 auto = slot.automaton
                 lo, hi = max(slot.start, cur), min(slot.stop, cur + c_len)
+                if lo < hi and slot.index in r.cursors:
+                    self._grammar(r, slot, i, lo, hi, cur, pl, sampled, argmax, chain_gens[i], walks)
+                    continue
                 if lo >= hi or auto.description == UNCONSTRAINED:  # compiled with constraints=False
                     continue
                 cls = token_classes(auto, dev)
@@ -322,6 +336,48 @@ class DiffusionGemmaDenoiser:
                 argmax[i, here] = torch.where(allowed == bst, lg, ninf).argmax(1)
         return sampled, argmax
 
+    def _grammar(
+        self,
+        r: Row,
+        slot: Any,
+        i: int,
+        lo: int,
+        hi: int,
+        cur: int,
+        pl: torch.Tensor,
+        sampled: torch.Tensor,
+        argmax: torch.Tensor,
+        gen: torch.Generator,
+        walks: dict[tuple[int, int], Any],
+    ) -> None:
+        """A grammar slot's positions in this block: two walks left to right from the cursor
+        (where earlier blocks left it), one sampled and one greedy, each a prefix of a sentence
+        that still closes within the slot (its later blocks' positions count as free)."""
+        cursor = r.cursors[slot.index]
+        pad = int(r.program.pad_id)  # type: ignore[arg-type]
+        here = slice(lo - cur, hi - cur)
+        if cursor.done:  # the text ended in an earlier block: pad
+            sampled[i, here] = pad
+            argmax[i, here] = pad
+            walks[i, slot.index] = cursor
+            return
+        v = self.tokenizer.vocab_size
+        lg = torch.log_softmax(clean_logits(pl[i, here, :v]).double(), dim=-1).cpu().numpy()
+        later = np.full((slot.stop - hi, v), -np.log(v))  # positions of later blocks: uniform
+        logp = np.concatenate([lg, later])  # rows for [lo, slot.stop): the cursor is at lo
+        out = []
+        for noise in (lambda: gumbel((v,), gen).numpy(), None):
+            walker = cursor.clone()
+            toks = np.full(hi - lo, pad, dtype=np.int64)
+            for p, t, _ in walker.walk(logp, hi, noise):
+                if p < hi:
+                    toks[p - lo] = t
+            out.append(torch.from_numpy(toks).to(pl.device))
+            if noise is None:
+                walks[i, slot.index] = walker
+        sampled[i, here] = out[0]
+        argmax[i, here] = out[1]
+
 
 _CHAIN_SALT = 0x5DEECE66D  # the constraint draws' own stream, apart from the model's
 
@@ -340,14 +396,7 @@ def _first_slot(row: Row) -> int:
     return int(slots[0]) if len(slots) else len(row.canvas)
 
 
-def _check_program(row: Row) -> None:
-    prog = row.program
-    for s in prog.layout.slots:
-        if s.grammar is not None:
-            raise BackendError(
-                f"slot {s.name!r}: grammar slots and context-free JSON spans are not supported on "
-                "DiffusionGemma yet; use regex, choice, template JSON or free text"
-            )
+def _check_program(prog: Any) -> None:
     if prog.schedule.cfg_scale > 0:
         raise BackendError("classifier-free guidance is not supported on DiffusionGemma yet")
     if prog.guidance is not None:
@@ -360,7 +409,8 @@ def _check_program(row: Row) -> None:
             "remask= and strategy='structure_first' are not supported on DiffusionGemma (its blocks are "
             "decoded by its own uniform-noise loop); remove them from the prompt's sampling"
         )
-    if _first_slot(row) == 0:
+    slots = np.nonzero(prog.layout.slot_of >= 0)[0]
+    if len(slots) and int(slots[0]) == 0:
         raise BackendError("DiffusionGemma needs a prompt before the first slot (at least the BOS token)")
 
 

@@ -42,6 +42,7 @@ from dlmprompt.spec import Prompt
 
 log = logging.getLogger("dlmprompt.compile")
 
+
 class CompileBudgetError(DLMPromptError):
     """A compile went past its time or memory budget (or its client left) and was stopped."""
 

@@ -3,10 +3,11 @@
 An :class:`Engine` owns a denoiser and one worker thread. :meth:`Engine.submit` queues a compiled
 program and returns a :class:`Job` at once; the worker admits queued jobs between denoising steps
 (up to ``max_batch`` rows), runs one forward pass over every row in flight with
-:func:`dlmprompt.sampling.sampler.forward_step`, hands each job its :class:`~dlmprompt.sampling.events.Step` and
-finishes the jobs whose canvases are full. A job's result is the same as ``generate(denoiser,
-program, generator=torch.Generator().manual_seed(seed))`` run alone (up to float rounding of padded
-batches).
+:func:`dlmprompt.sampling.sampler.forward_step` (a denoiser with a loop of its own, DiffusionGemma,
+steps each job's loop in turn instead: no pass is shared between jobs), hands each job its
+:class:`~dlmprompt.sampling.events.Step` and finishes the jobs whose canvases are full. A job's
+result is the same as ``generate(denoiser, program, generator=torch.Generator().manual_seed(seed))``
+run alone (up to float rounding of padded batches).
 
 The queue is bounded: :meth:`submit` raises :class:`QueueFull` when ``max_queue`` jobs wait or run.
 :meth:`Job.cancel` drops a job before its next step (a client that went away).
@@ -59,6 +60,7 @@ class Job:
     future: Future[Result] = field(default_factory=Future)
     cancelled: bool = False
     row: Row | None = None
+    loop: Any = None  # the job's own step iterator (a denoiser with a loop of its own)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -92,13 +94,10 @@ class Engine:
     def __init__(self, denoiser: Any, *, max_batch: int = 32, max_queue: int = 128) -> None:
         if max_batch < 1 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be at least 1")
-        if hasattr(denoiser, "block_sample") and not hasattr(denoiser, "prepare_row"):
-            from dlmprompt.errors import BackendError
-
-            raise BackendError(
-                f"{type(denoiser).__name__} decodes block by block with its own loop, which the batching "
-                "server does not drive yet; use dlmprompt.generate with it in-process"
-            )
+        # a denoiser with a loop of its own (DiffusionGemma: an encoder cache per request) runs each
+        # job's loop one step per iteration, passes not shared between jobs; block-causal models
+        # (prepare_row) are stepped together like any other
+        self.own_loop = hasattr(denoiser, "block_sample") and not hasattr(denoiser, "prepare_row")
         self.denoiser = denoiser
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -216,7 +215,33 @@ class Engine:
                     except Exception as exc:  # pragma: no cover - result() does not fail on a full canvas
                         self._fail(job, exc)
 
+    def _own_loops(self, batch: list[Job]) -> list[tuple[Job, Step | None]]:
+        """One step of each job's own loop (one forward pass each)."""
+        out: list[tuple[Job, Step | None]] = []
+        for job in batch:
+            t = time.perf_counter()
+            try:
+                if job.loop is None:
+                    job.row.fixed_length()  # type: ignore[union-attr]
+                    job.loop = iter(self.denoiser.block_sample([job.row]))
+                step = next(job.loop, None)
+            except Exception as exc:
+                if _out_of_memory(exc):
+                    self.stats.out_of_memory += 1
+                    _free_device_cache(self.denoiser)
+                self._fail(job, exc)
+                out.append((job, None))
+                continue
+            if step is None:  # the loop ended: the row is full
+                job.row.block = len(job.row.sched.blocks)  # type: ignore[union-attr]
+            else:
+                self._count(1, t)
+            out.append((job, step))
+        return out
+
     def _forward(self, batch: list[Job]) -> list[tuple[Job, Step | None]]:
+        if self.own_loop:
+            return self._own_loops(batch)
         t = time.perf_counter()
         failure: Exception | None = None
         try:

@@ -194,6 +194,12 @@ class Server:
             raise APIError(400, f"{exc.kind}: {exc}", code="compile_error") from None
         except DLMPromptError as exc:
             raise APIError(400, f"{type(exc).__name__}: {exc}", code="compile_error") from None
+        check = getattr(self.denoiser, "check_program", None)
+        if check is not None:  # what this model's loop cannot run (DiffusionGemma, block-causal models)
+            try:
+                check(program)
+            except DLMPromptError as exc:
+                raise APIError(400, str(exc), code="unsupported_by_model") from None
         n = len(program.layout)
         if n > self.limits.max_canvas:
             raise APIError(
