@@ -290,3 +290,55 @@ def test_grammar_and_schema_slots_across_blocks(llada2_path) -> None:
         assert a.text == b.text
         parser.parse(a["expr"])
         jsonschema.validate(json.loads(a["rec"]), schema)
+
+
+def test_token_editing_keeps_every_output_valid(llada2_path) -> None:
+    """LLaDA2.1-style token editing: a token committed earlier in the block is replaced when the
+    model is sure enough of another, only if the slot stays completable. With a low threshold on
+    random weights edits happen often; every output still satisfies its constraints."""
+    den = dlmprompt.load(llada2_path, trust_remote_code=True, block_length=8, edit_threshold=0.004)
+    assert den.edit_threshold == 0.004
+    edited = 0
+    for p in PROMPTS:
+        prog = compile(p.with_sampling(tokens_per_step=1, temperature=1.0), den.tokenizer)
+        for seed in range(4):
+            seen: dict[int, int] = {}
+            steps = list(dlmprompt.sample(den, prog, generator=torch.Generator().manual_seed(seed)))
+            for st in steps:
+                for pos, tok in zip(st.committed.tolist(), st.tokens.tolist()):
+                    edited += pos in seen and seen[pos] != tok
+                    seen[pos] = tok
+            check_result(prog, generate(den, prog, generator=torch.Generator().manual_seed(seed)))
+            assert steps[-1].canvas.tolist() == [
+                *generate(den, prog, generator=torch.Generator().manual_seed(seed)).canvas.tolist()
+            ]
+    assert edited > 0
+    with pytest.raises(ValueError, match="edit_threshold"):
+        dlmprompt.load(llada2_path, trust_remote_code=True, edit_threshold=1.5)
+
+
+def test_completable_agrees_with_brute_force(llada2_path) -> None:
+    """The edit check: a slot segment is completable exactly when some choice of classes at its
+    open positions reaches an accepting state."""
+    import itertools
+
+    from dlmprompt.constraints.automaton import regex_automaton
+    from dlmprompt.models.blockcausal import completable
+
+    tok = dlmprompt.load(llada2_path, trust_remote_code=True).tokenizer
+    auto = regex_automaton("(ab|a )+[0-9]?", tok)
+    reps = [int(m[0]) for m in auto.class_members]  # one token per class
+    rng = np.random.default_rng(0)
+    mask = tok.mask_id
+    for _ in range(300):
+        n = int(rng.integers(1, 6))
+        seg = np.array([mask if rng.random() < 0.5 else int(rng.integers(0, tok.vocab_size)) for _ in range(n)])
+        open_at = [i for i in range(n) if seg[i] == mask]
+        brute = False
+        for fill in itertools.product(reps, repeat=len(open_at)):
+            trial = seg.copy()
+            trial[open_at] = fill
+            if auto.accepts(trial):
+                brute = True
+                break
+        assert completable(auto, seg, mask) == brute, seg

@@ -135,14 +135,16 @@ def load_model(
     trust_remote_code: bool = False,
     block_length: int | None = None,
     kv_cache: bool = True,
+    edit_threshold: float | None = None,
 ) -> TransformersDenoiser:
     """Load a checkpoint as a denoiser: the embedded default model (no argument) or a local
     checkpoint folder. :func:`dlmprompt.load` also takes a server URL.
 
     The family (masked LM, LLaDA-style, Dream-style, block-causal, DiffusionGemma) is read from the
     config. LLaDA, Dream, LLaDA2 and SDAR ship their model code with the checkpoint: pass
-    ``trust_remote_code=True`` to run it. ``block_length`` (default: the config's, else 32) and
-    ``kv_cache`` are for block-causal models (:class:`~dlmprompt.models.blockcausal.BlockCausalDenoiser`).
+    ``trust_remote_code=True`` to run it. ``block_length`` (default: the config's, else 32),
+    ``kv_cache`` and ``edit_threshold`` (token editing) are for block-causal models
+    (:class:`~dlmprompt.models.blockcausal.BlockCausalDenoiser`).
     """
     path = default_model_path() if name_or_path is None else Path(name_or_path)
     if not (path / "config.json").is_file():
@@ -168,9 +170,10 @@ def load_model(
             ) from None
         raise BackendError(f"cannot read the config in {path}: {exc}") from None
     family, shift = _family(config)
-    if family != "block_causal" and (block_length is not None or not kv_cache):
+    if family != "block_causal" and (block_length is not None or not kv_cache or edit_threshold is not None):
         raise BackendError(
-            f"block_length and kv_cache are options of block-causal models (LLaDA2.x, SDAR); {path} is {family!r}"
+            "block_length, kv_cache and edit_threshold are options of block-causal models (LLaDA2.x, SDAR); "
+            f"{path} is {family!r}"
         )
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
@@ -196,7 +199,7 @@ def load_model(
         from dlmprompt.models.blockcausal import BlockCausalDenoiser
 
         return BlockCausalDenoiser(  # type: ignore[return-value]
-            model, tok, block_length=block_length, kv_cache=kv_cache, name=str(path)
+            model, tok, block_length=block_length, kv_cache=kv_cache, edit_threshold=edit_threshold, name=str(path)
         )
     return TransformersDenoiser(
         model, tok, shift=shift, family=family, name="dlmprompt-default" if name_or_path is None else str(path)

@@ -30,6 +30,7 @@ cache.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,6 +68,7 @@ class BlockCausalDenoiser:
         *,
         block_length: int | None = None,
         kv_cache: bool = True,
+        edit_threshold: float | None = None,
         name: str | None = None,
     ) -> None:
         self.model = model.eval()
@@ -80,6 +82,9 @@ class BlockCausalDenoiser:
             raise ValueError(f"block_length must be a positive number of positions, got {b!r}")
         self.block_length = b
         self.kv_cache = bool(kv_cache)
+        if edit_threshold is not None and not 0.0 < edit_threshold <= 1.0:
+            raise ValueError(f"edit_threshold is a probability in (0, 1], got {edit_threshold!r}")
+        self.edit_threshold = edit_threshold
 
     def __repr__(self) -> str:
         return (
@@ -170,12 +175,16 @@ class BlockCausalDenoiser:
                     logits, _ = self._forward(ids, 0, self.block_mask(0, stop, stop), None)
                     logits = logits[:, start:stop]
                 phases = []
+                edits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
                 for i, r in enumerate(members):
                     r.logit_base = start
+                    if self.edit_threshold is not None and (e := self._edit(r, logits[i], start)) is not None:
+                        edits[i] = e
                     r.passes += 1
                     r.positions += stop - start if self.kv_cache else stop
                     phases.append(r.step_phases(logits[i]))
-                yield from drive(phases)
+                for i, step in enumerate(drive(phases)):
+                    yield _with_edits(step, edits[i]) if i in edits else step
 
     def _extend(self, rows: list[Row], start: int, caches: dict[int, Any]) -> None:
         """Bring every row's cache up to canvas position ``start``: one pass over the positions
@@ -213,6 +222,79 @@ class BlockCausalDenoiser:
             for j in range(len(per_row[0]))
         ]
         return DynamicCache(ddp_cache_data=layers)
+
+    def _edit(self, r: Row, logits: torch.Tensor, start: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Token editing (LLaDA2.1's token-to-token step): a slot token committed earlier in the
+        current block is replaced by the model's most likely token when that one differs and has
+        probability at least ``edit_threshold``, if the slot stays completable with it (checked on
+        its automaton, most probable edit first). Grammar slots (left to right) and grounded
+        slots are left alone. Returns (positions, new tokens), or None when nothing changed."""
+        a, z = r.sched.blocks[r.block]
+        prog = r.program
+        seg = r.canvas[a:z]
+        pos = np.nonzero((r.slot_of[a:z] >= 0) & (seg != prog.mask_id))[0] + a
+        slots = prog.layout.slots
+        pos = np.array(
+            [p for p in pos if r.slot_of[p] not in r.cursors and hasattr(slots[r.slot_of[p]].automaton, "next_state")],
+            dtype=np.int64,
+        )
+        if len(pos) == 0:
+            return None
+        from dlmprompt.sampling.rows import clean_logits
+
+        v = prog.tokenizer.vocab_size
+        lg = clean_logits(logits[torch.from_numpy(pos - start).to(logits.device), :v]).float()
+        prob, best = torch.softmax(lg, dim=-1).max(dim=-1)
+        prob_np, best_np = prob.cpu().numpy(), best.cpu().numpy()
+        want = np.nonzero((best_np != r.canvas[pos]) & (prob_np >= float(self.edit_threshold)))[0]  # type: ignore[arg-type]
+        done_pos, done_tok = [], []
+        for k in want[np.argsort(-prob_np[want], kind="stable")]:
+            p, t = int(pos[k]), int(best_np[k])
+            slot = slots[r.slot_of[p]]
+            old = int(r.canvas[p])
+            r.canvas[p] = t
+            if completable(slot.automaton, r.canvas[slot.start : slot.stop], prog.mask_id):
+                done_pos.append(p)
+                done_tok.append(t)
+            else:
+                r.canvas[p] = old
+        if not done_pos:
+            return None
+        return np.asarray(done_pos, dtype=np.int64), np.asarray(done_tok, dtype=np.int64)
+
+
+def completable(auto: Any, seg: np.ndarray, mask_id: int) -> bool:
+    """Whether a slot's canvas segment (committed tokens, ``mask_id`` where open) has a
+    completion its automaton accepts: the set of reachable states, position by position (an
+    open position takes any class)."""
+    ns, acc = auto.next_state, auto.accept
+    cur = np.zeros(ns.shape[1], dtype=bool)
+    cur[auto.start] = True
+    for tok in seg.tolist():
+        if tok == mask_id:
+            nxt = ns[:, cur]
+        else:
+            c = int(auto.token_class[tok])
+            if c < 0:
+                return False
+            nxt = ns[c, cur]
+        cur = np.zeros(ns.shape[1], dtype=bool)
+        cur[nxt[nxt >= 0]] = True
+        if not cur.any():
+            return False
+    return bool((cur & acc).any())
+
+
+def _with_edits(step: Step, edits: tuple[np.ndarray, np.ndarray]) -> Step:
+    """The step with its row's token edits of this pass among its commits (confidence NaN)."""
+    pos, tok = edits
+    keep = ~np.isin(pos, step.committed)
+    return dataclasses.replace(
+        step,
+        committed=np.concatenate([pos[keep], step.committed]),
+        tokens=np.concatenate([tok[keep], step.tokens]),
+        confidences=np.concatenate([np.full(int(keep.sum()), np.nan), step.confidences]),
+    )
 
 
 def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
