@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     programs = {}
     for job in jobs:
         for k in per_forward:
-            p = dlm_prompt(job, value_tokens[job]).with_sampling(tokens_per_step=k, temperature=0.0)
+            p = dlm_prompt(job, value_tokens[job]).with_sampling(tokens_per_step=k, temperature=0.0, length="fixed")
             programs[job, k] = compile(p, tok)
         say(f"compiled {job}: canvas {len(programs[job, per_forward[0]].layout)} positions")
     runs: list[dict[str, Any]] = []
