@@ -157,3 +157,27 @@ def test_backslash_d_means_ascii_digits(qwen_tok: Tokenizer) -> None:
         assert not auto.accepts(qwen_tok.encode(text)), text
     neg = compile(Prompt("n=", slot("n", regex=r"\D", tokens=1)), qwen_tok).slots[0].automaton
     assert not neg.accepts(qwen_tok.encode("7")) and neg.accepts(qwen_tok.encode("x"))
+
+
+def test_unique_rows_groups_exactly_and_keeps_the_projection_order() -> None:
+    """Token classes come from ``_unique_rows``: every row maps to an equal distinct row, the
+    distinct rows are all different, and they come in the order of the fixed projection (class
+    numbers, and with them seeded draws, do not depend on the process's hash seed)."""
+    import numpy as np
+
+    from dlmprompt.constraints.automaton import _projection, _unique_rows
+
+    rng = np.random.default_rng(3)
+    for trial in range(100):
+        base = rng.integers(-1, 6, size=(int(rng.integers(1, 30)), int(rng.integers(1, 40)))).astype(np.int32)
+        a = base[rng.integers(0, len(base), size=int(rng.integers(1, 400)))]
+        if trial % 3 == 0:
+            a = a[:, ::2]  # not contiguous
+        uniq, inverse = _unique_rows(a)
+        assert np.array_equal(uniq[inverse], a)
+        assert len(np.unique(uniq, axis=0)) == len(uniq)
+        key = _projection(uniq)
+        if len(np.unique(key)) == len(key):
+            assert (np.diff(key) > 0).all()
+        else:  # a projection collision: np.unique's own order
+            assert np.array_equal(uniq, np.unique(a, axis=0))

@@ -338,21 +338,35 @@ def automaton_seconds(pattern: str, tokenizer: Tokenizer) -> float:
     return min(build_costs(table, q, vocab, np.array([x for x in range(q) if x not in inside], dtype=np.int64)))
 
 
-def _unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(a, axis=0, return_inverse=True)`` (rows in any order), fast: rows are hashed to
-    int64 by a fixed random projection, and the grouping is checked exactly afterwards."""
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        uniq, inverse = np.unique(a, axis=0, return_inverse=True)
-        return uniq, inverse.ravel()
+def _projection(a: np.ndarray) -> np.ndarray:
+    """Each row hashed to int64 by a fixed random projection (the order of token classes)."""
     rng = np.random.default_rng(0x5EED)
     weights = rng.integers(1, 2**62, size=a.shape[1], dtype=np.int64) | 1
     with np.errstate(over="ignore"):
-        h = (a.astype(np.int64) * weights).sum(axis=1) + (a.astype(np.int64) ** 2 * weights[::-1]).sum(axis=1)
-    _keys, first, inverse = np.unique(h, return_index=True, return_inverse=True)
-    uniq = a[first]
-    if not np.array_equal(uniq[inverse], a):  # pragma: no cover - a hash collision
+        return (a.astype(np.int64) * weights).sum(axis=1) + (a.astype(np.int64) ** 2 * weights[::-1]).sum(axis=1)
+
+
+def _unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(a, axis=0, return_inverse=True)`` with the rows ordered by
+    :func:`_projection`, fast: rows are grouped by a hash of their bytes (checked exactly
+    afterwards), and only the distinct rows are projected to order them. At 76k rows of 572
+    states this takes a tenth of the time of projecting every row."""
+    if a.shape[0] == 0 or a.shape[1] == 0:
         uniq, inverse = np.unique(a, axis=0, return_inverse=True)
-    return uniq, inverse.ravel()
+        return uniq, inverse.ravel()
+    a = np.ascontiguousarray(a)
+    by_bytes = np.fromiter((hash(row) for row in map(bytes, a)), dtype=np.int64, count=a.shape[0])
+    _keys, first, inverse = np.unique(by_bytes, return_index=True, return_inverse=True)
+    uniq = a[first]
+    inverse = inverse.ravel()
+    key = _projection(uniq)
+    if not np.array_equal(uniq[inverse], a) or len(np.unique(key)) < len(key):  # pragma: no cover - a collision
+        uniq, inverse = np.unique(a, axis=0, return_inverse=True)
+        return uniq, inverse.ravel()
+    order = np.argsort(key, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return uniq[order], rank[inverse]
 
 
 def _from_signatures(

@@ -398,7 +398,7 @@ def dense_signatures(table: np.ndarray, q: int, vocab: Vocabulary, starts: np.nd
     row_of = np.full(vocab.size, -1, dtype=np.int64)
     row_of[has] = inverse.ravel()
     sig = np.empty((len(rep_token), len(starts)), dtype=np.int32)
-    states = starts.astype(np.int32)[None, :]
+    walks: list[tuple[np.ndarray, np.ndarray]] = []  # (rows of sig, byte-class sequences) per length
     for (ids, _mat), cls in zip(vocab.groups, classes_of):
         rows = row_of[ids]
         reps = rep_token[rows]
@@ -414,9 +414,31 @@ def dense_signatures(table: np.ndarray, q: int, vocab: Vocabulary, starts: np.nd
             sig = np.concatenate([sig, np.empty((len(ids), len(starts)), dtype=np.int32)])
             rows = row_of[ids]
         todo, where = np.unique(rows, return_index=True)
-        cur = np.repeat(states, len(todo), axis=0)
-        seqs = cls[pos_in_group[where]]
-        for p in range(seqs.shape[1]):
-            cur = by_class[cur, seqs[:, p][:, None]]
-        sig[todo] = cur
+        walks.append((todo, cls[pos_in_group[where]]))
+    _walk_shared(walks, by_class, starts.astype(np.int32), sig)
     return sig, row_of
+
+
+def _walk_shared(
+    walks: list[tuple[np.ndarray, np.ndarray]], by_class: np.ndarray, starts: np.ndarray, sig: np.ndarray
+) -> None:
+    """Fill ``sig[rows]`` with the states each byte-class sequence reaches from ``starts``,
+    walking shared prefixes once: level by level, the distinct (prefix, next class) pairs of all
+    sequences still going are the next level's nodes, each a vector of states."""
+    n_cls = by_class.shape[1]
+    node_of = [np.zeros(len(rows), dtype=np.int64) for rows, _ in walks]
+    level = starts[None, :]  # the root: [1, len(starts)]
+    depth = max((seqs.shape[1] for _, seqs in walks), default=0)
+    for p in range(depth):
+        going = [g for g, (_, seqs) in enumerate(walks) if seqs.shape[1] > p]
+        keys = np.concatenate([node_of[g] * n_cls + walks[g][1][:, p] for g in going])
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        level = by_class[level[uniq // n_cls], (uniq % n_cls)[:, None]]
+        inverse = inverse.ravel()
+        at = 0
+        for g in going:
+            rows, seqs = walks[g]
+            node_of[g] = inverse[at : at + len(rows)]
+            at += len(rows)
+            if seqs.shape[1] == p + 1:  # these sequences end here
+                sig[rows] = level[node_of[g]]
