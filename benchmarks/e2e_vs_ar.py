@@ -348,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="where to write the figures (default benchmarks/results/e2e_vs_ar_<gpu>.json)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs per setting (default 5; 1 with --small)")
     ap.add_argument("--jobs", default=",".join(JOBS))
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8; 1,2 with --small)")
     args = ap.parse_args(argv)
     import llguidance as ll
 
@@ -357,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     shapes = SHAPES["small" if args.small else "full"]
     batches = [1, 2] if args.small else [1, 8]
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",") if b]
     per_forward = [4, 8]
     repeats = args.repeats or (1 if args.small else 5)
     jobs = [j for j in args.jobs.split(",") if j]
