@@ -105,11 +105,7 @@ def test_e2e_vs_ar_benchmark_small_runs_on_cpu(tmp_path) -> None:
     runs = data["runs"]
     keys = {(r["job"], r["model"], r["batch"], r["tokens_per_forward"]) for r in runs}
     assert keys == {
-        (j, m, b, k)
-        for j in ("extraction", "code")
-        for m in ("llada8b", "llada2mini")
-        for b in (1, 2)
-        for k in (4, 8)
+        (j, m, b, k) for j in ("extraction", "code") for m in ("llada8b", "llada2mini") for b in (1, 2) for k in (4, 8)
     }
     for r in runs:
         assert r["gpu"] == "cpu" and r["dlm_ms"] > 0 and r["ar_ms"] > 0
