@@ -32,6 +32,7 @@ from dlmprompt.constraints.jsonschema.normalize import (
     NOT_INTEGER,
     Context,
     disjoint,
+    json_equal,
     json_type,
     resolve,
 )
@@ -80,6 +81,7 @@ class _Rewriter:
     def rewrite(self, node: Any, path: str) -> Any:
         if not isinstance(node, dict):
             return node
+        node = fold_finite(node)
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key in ANNOTATIONS - {"definitions", "$defs"} or key in ("enum", "const"):
@@ -358,6 +360,63 @@ class _Rewriter:
         if xhi is not None:
             out.append({"type": "number", "minimum": _num(xhi)})
         return out
+
+
+def _values(part: Any) -> list[Any] | None:
+    """The values a schema that only names values allows (``enum`` / ``const``, annotations
+    aside), or None for any other schema."""
+    if not isinstance(part, dict) or not ({"enum", "const"} & set(part)):
+        return None
+    if set(part) - {"enum", "const"} - ANNOTATIONS:
+        return None
+    values = part["enum"] if "enum" in part else [part["const"]]
+    if not isinstance(values, list):
+        return None
+    if "const" in part:
+        values = [v for v in values if json_equal(v, part["const"])]
+    return list(values)
+
+
+def fold_finite(node: dict[str, Any]) -> dict[str, Any]:
+    """A conjunction with a finite set of values, folded into one ``enum``: the node's own
+    ``enum`` / ``const`` and ``allOf`` branches that only name values intersect, and ``not`` of
+    named values (the node's own, or an ``allOf`` branch that is only such a ``not``) removes
+    values; other conjuncts stay. The same instances: ``{allOf: [{const: 2^53 - 1}, {not: {const:
+    2^53}}]}`` is ``{enum: [2^53 - 1]}``, where pushing the ``not`` down would write "every number
+    but 2^53" as a pattern. Nodes without a finite conjunct are returned as they are."""
+    if "allOf" in node and not isinstance(node["allOf"], list):
+        return node  # malformed: reported where it is read
+    branches = list(node.get("allOf") or [])
+    own = {k: v for k, v in node.items() if k in ("enum", "const")}
+    sets = [own] if own else []
+    nots: list[Any] = []
+    own_not = node.get("not")
+    if _values(own_not) is not None:
+        nots.append(own_not)
+    kept = []
+    for b in branches:
+        if _values(b) is not None:
+            sets.append(b)
+        elif isinstance(b, dict) and set(b) == {"not"} and _values(b["not"]) is not None:
+            nots.append(b["not"])
+        else:
+            kept.append(b)
+    if not sets:
+        return node
+    allowed = [_values(x) for x in sets]
+    if any(a is None for a in allowed):
+        return node
+    values = allowed[0]
+    for other in allowed[1:]:
+        values = [v for v in values if any(json_equal(v, w) for w in other)]  # type: ignore[union-attr]
+    for n in nots:
+        values = [v for v in values if not any(json_equal(v, w) for w in _values(n))]  # type: ignore[union-attr]
+    drop = {"enum", "const", "allOf"} | ({"not"} if _values(own_not) is not None else set())
+    out = {k: v for k, v in node.items() if k not in drop}
+    out["enum"] = values
+    if kept:
+        out["allOf"] = kept
+    return out
 
 
 def _num(v: float) -> float | int:
