@@ -47,11 +47,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_step import LLaDAShaped, llada_vocab, timed
+from gpu_step import Block, LLaDAShaped, llada_vocab, timed
 
 import dlmprompt
 from dlmprompt import Prompt, Tokenizer, compile, generate, slot
@@ -181,30 +180,6 @@ JOBS = ("extraction", "form", "code")
 
 
 # ---------------------------------------------------------------------------------------------- models
-class CachedBlock(nn.Module):
-    """A pre-norm decoder layer that takes an additive attention mask and a transformers cache."""
-
-    def __init__(self, d: int, heads: int, ff: int, index: int) -> None:
-        super().__init__()
-        self.heads, self.index = heads, index
-        self.n1 = nn.RMSNorm(d)
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
-        self.o = nn.Linear(d, d, bias=False)
-        self.n2 = nn.RMSNorm(d)
-        self.up = nn.Linear(d, 2 * ff, bias=False)
-        self.down = nn.Linear(ff, d, bias=False)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.n1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            k, v = cache.update(k, v, self.index)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.o(a.transpose(1, 2).reshape(b, n, d))
-        g, u = self.up(self.n2(x)).chunk(2, dim=-1)
-        return x + self.down(F.silu(g) * u)
-
-
 class LLaDA2Shaped(nn.Module):
     """Block-causal decoder with LLaDA2's forward interface: 4D additive mask, position ids,
     ``past_key_values`` (no rotary embedding: timing only)."""
@@ -213,7 +188,7 @@ class LLaDA2Shaped(nn.Module):
         super().__init__()
         self.config = SimpleNamespace(block_length=block, _name_or_path="llada2mini-shaped")
         self.emb = nn.Embedding(vocab, d)
-        self.blocks = nn.ModuleList(CachedBlock(d, heads, ff, i) for i in range(layers))
+        self.blocks = nn.ModuleList(Block(d, heads, ff, i) for i in range(layers))
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, vocab, bias=False)
 

@@ -36,9 +36,12 @@ VOCAB = 126_464
 
 
 class Block(nn.Module):
-    def __init__(self, d: int, heads: int, ff: int) -> None:
+    """A pre-norm decoder layer; ``cache`` (a transformers ``Cache``, layer ``index``) for the
+    block-causal stand-in of ``e2e_vs_ar.py``."""
+
+    def __init__(self, d: int, heads: int, ff: int, index: int = 0) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.index = heads, index
         self.n1 = nn.RMSNorm(d)
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.o = nn.Linear(d, d, bias=False)
@@ -46,9 +49,11 @@ class Block(nn.Module):
         self.up = nn.Linear(d, 2 * ff, bias=False)
         self.down = nn.Linear(ff, d, bias=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: object = None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(self.n1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.update(k, v, self.index)  # type: ignore[attr-defined]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
         x = x + self.o(a.transpose(1, 2).reshape(b, n, d))
         g, u = self.up(self.n2(x)).chunk(2, dim=-1)

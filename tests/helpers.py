@@ -176,3 +176,25 @@ def bench_function_schemas(limit: int | None = None) -> list[dict]:
         if isinstance(schema, dict) and schema.get("type") == "object":
             out.append(schema)
     return out
+
+
+def tiny_bpe_tokenizer(mask: str):
+    """A 320-token byte-level BPE (transformers' fast tokenizer) with EOS, BOS and ``mask`` as
+    special tokens, for tiny remote-code models saved and loaded by path."""
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = HFTok(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|startoftext|>", mask],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["Name: Ada, age 36. Color: red or blue?"] * 20, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|startoftext|>", mask_token=mask
+    )

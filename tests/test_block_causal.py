@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import MIXED_PROMPT, check_result
+from helpers import MIXED_PROMPT, check_result, tiny_bpe_tokenizer
 
 import dlmprompt
 from dlmprompt import BackendError, Prompt, compile, generate, slot
@@ -111,26 +111,6 @@ class TinyBlockLM(PreTrainedModel):
 """
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer as HFTok
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = HFTok(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|startoftext|>", "<|mask|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["Name: Ada, age 36. Color: red or blue?"] * 20, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|startoftext|>", mask_token="<|mask|>"
-    )
-
-
 @pytest.fixture(scope="module")
 def llada2_path(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("llada2")
@@ -145,7 +125,7 @@ def llada2_path(tmp_path_factory):
         model_mod = importlib.import_module("tiny_llada2.modeling_tinyblock")
     finally:
         sys.path.remove(str(tmp / "code"))
-    hf = _tokenizer()
+    hf = tiny_bpe_tokenizer("<|mask|>")
     conf_mod.TinyBlockConfig.register_for_auto_class()
     model_mod.TinyBlockLM.register_for_auto_class("AutoModelForCausalLM")
     cfg = conf_mod.TinyBlockConfig(mask_token_id=hf.mask_token_id, architectures=["TinyBlockLM"])
@@ -161,7 +141,7 @@ def test_the_family_is_recognised_and_loaded_by_path(llada2_path) -> None:
         dlmprompt.load(llada2_path)
     den = dlmprompt.load(llada2_path, trust_remote_code=True)
     assert den.family == "block_causal" and den.block_length == 32  # LLaDA2's default: the config names none
-    assert den.mask_id == den.tokenizer.mask_id == _tokenizer().mask_token_id
+    assert den.mask_id == den.tokenizer.mask_id == tiny_bpe_tokenizer("<|mask|>").mask_token_id
     assert dlmprompt.load(llada2_path, trust_remote_code=True, block_length=8).block_length == 8
     with pytest.raises(BackendError, match="block-causal"):
         dlmprompt.load(None, block_length=8)  # the embedded model is a masked LM

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import MIXED_PROMPT, check_result
+from helpers import MIXED_PROMPT, check_result, tiny_bpe_tokenizer
 
 import dlmprompt
 from dlmprompt import BackendError, compile, generate
@@ -61,26 +61,6 @@ class TinyDLMModel(PreTrainedModel):
 """
 
 
-def _tokenizer(mask: str):
-    from tokenizers import Tokenizer as HFTok
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = HFTok(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<|endoftext|>", "<|startoftext|>", mask],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["Name: Ada, age 36. Color: red or blue?"] * 20, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|startoftext|>", mask_token=mask
-    )
-
-
 def _save(tmp_path, model_type: str, mask_in_tokenizer: bool):
     code = tmp_path / f"code_{model_type}"
     pkg = code / f"tiny_{model_type}"
@@ -94,7 +74,7 @@ def _save(tmp_path, model_type: str, mask_in_tokenizer: bool):
         model_mod = importlib.import_module(f"tiny_{model_type}.modeling_tinydlm")
     finally:
         sys.path.remove(str(code))
-    hf = _tokenizer("<|mdm_mask|>")
+    hf = tiny_bpe_tokenizer("<|mdm_mask|>")
     mask_id = hf.convert_tokens_to_ids("<|mdm_mask|>")
     conf_mod.TinyDLMConfig.register_for_auto_class()
     model_mod.TinyDLMModel.register_for_auto_class("AutoModel")

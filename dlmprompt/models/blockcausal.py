@@ -11,7 +11,7 @@ Because a block never sees later blocks, a finished block's keys and values neve
 into a KV cache once, and each denoising step runs the model over the **current block only**
 (``kv_cache=True``, the default). The result is the same as running the whole prefix every step
 (``kv_cache=False``, what LLaDA2's reference ``generate`` does); a test checks both give the same
-logits and the same outputs.
+outputs.
 
 On a dlmprompt layout the blocks are the model's own: canvas positions ``[kB, (k+1)B)``. The
 sampler's schedule is realigned to them (:func:`dlmprompt.compiler.aligned_schedule`): blocks are
@@ -19,9 +19,10 @@ decoded one after another, each with the prompt's steps / threshold, and every s
 exact constraint (a slot that spans blocks is one chain: positions of later blocks still count
 when its completions are counted, so it always stays completable). Anchors anywhere are fixed
 text; an anchor in a later block is not seen by earlier blocks (the model's attention, not a
-choice here). Adaptive length, remasking and classifier-free guidance are not available on this
-family yet (they change committed positions or need a second pass over the cache): they are
-refused with a clear error.
+choice here). Slots keep their fixed lengths (adaptive length, the default, does not apply).
+Remasking, classifier-free guidance and guidance terms are not available on this family yet
+(they change committed positions or need a second pass over the cache): they are refused with a
+clear error. ``edit_threshold`` turns on LLaDA2.1's token editing inside the current block.
 
 ``denoiser(ids, attention_mask)`` (the :class:`~dlmprompt.denoiser.Denoiser` seam) runs the whole
 canvas under the block-causal mask: the batching server drives the family that way, without the
@@ -39,7 +40,7 @@ import torch
 
 from dlmprompt.errors import BackendError
 from dlmprompt.sampling.events import Step
-from dlmprompt.sampling.rows import Row, drive
+from dlmprompt.sampling.rows import Row, clean_logits, drive
 from dlmprompt.tokenizer import Tokenizer
 
 DEFAULT_BLOCK = 32  # LLaDA2's generate default
@@ -240,8 +241,6 @@ class BlockCausalDenoiser:
         )
         if len(pos) == 0:
             return None
-        from dlmprompt.sampling.rows import clean_logits
-
         v = prog.tokenizer.vocab_size
         lg = clean_logits(logits[torch.from_numpy(pos - start).to(logits.device), :v]).float()
         prob, best = torch.softmax(lg, dim=-1).max(dim=-1)
