@@ -553,15 +553,18 @@ def json_accepts(program: Program, name: str, instance: Any) -> tuple[bool, bool
     c = span.constraint
     holes = [s for s in program.layout.slots if s.parent == name]
     if len(holes) == 1 and holes[0].grammar is not None:  # one context-free span
-        from dlmprompt.constraints.jsonschema.span import accepts, accepts_value, orderings
+        from dlmprompt.constraints.jsonschema.span import accepts, accepts_value, orderings, span_text
 
         # the span writes keys in the schema's properties order: try the instance that way too,
         # then any key order, searched member by member with the matcher
         order_schema = span_schema(c)
-        for inst in [instance, *orderings(instance, c.json_schema if isinstance(order_schema, str) else order_schema)]:
-            if accepts(holes[0].grammar, json.dumps(inst, separators=(",", ":"), ensure_ascii=False)):
-                return True, True
-        found = accepts_value(holes[0].grammar, instance) is True
+        ordered = orderings(instance, c.json_schema if isinstance(order_schema, str) else order_schema)
+        for inst in [instance, *ordered]:
+            for plain in (False, True):
+                if accepts(holes[0].grammar, span_text(inst, plain_numbers=plain)):
+                    return True, True
+        # the search tries each object's members in the order given first: the schema's
+        found = accepts_value(holes[0].grammar, ordered[0] if ordered else instance) is True
         return found, found
     template = compile_schema(
         c.json_schema, indent=c.indent, lenient=c.lenient, additional_properties=c.additional_properties

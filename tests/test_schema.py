@@ -416,6 +416,58 @@ def test_the_span_acceptance_check_finds_any_key_order(byte_tok):
     _holds_exactly(prog, schema, valid, invalid)
 
 
+def test_the_span_acceptance_check_takes_the_spellings_the_span_writes(byte_tok):
+    """Values the span can write, though not as ``json.dumps`` spells them (found by
+    ``benchmarks/jsonschema_fuzz.py``): DEL in a string or a name (llguidance takes it escaped),
+    an exponent under bounds (llguidance's bounded numbers take the plain decimal), and keys in
+    the order of a oneOf branch behind a ``$ref`` inside an array (the span turns oneOf into
+    allOf / anyOf). Invalid neighbours stay refused."""
+    noun = {
+        "type": "object",
+        "properties": {
+            "kind": {"const": "conf"},
+            "dest": {"type": "string"},
+            **{f"p{i}": {"type": "boolean"} for i in range(8)},
+            "size": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "required": ["kind", "dest"],
+        "additionalProperties": False,
+    }
+    other = {
+        "type": "object",
+        "properties": {"kind": {"const": "num"}, "dest": {"type": "string"}},
+        "required": ["kind", "dest"],
+        "additionalProperties": False,
+    }
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "nouns": {
+                "type": "array",
+                "items": {"oneOf": [{"$ref": "#/definitions/other"}, {"$ref": "#/definitions/noun"}]},
+            },
+        },
+        "required": ["name"],
+        "definitions": {"noun": noun, "other": other},
+    }
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert any("context-free span" in n for n in prog.notes)
+    shuffled = {f"p{i}": bool(i % 2) for i in reversed(range(8))}
+    valid = [
+        {"name": "a\x7fb", "nouns": []},
+        {"name": "x", "extra\x7f": "\x7f"},
+        {"name": "x", "nouns": [{**shuffled, "size": 6.3e-143, "dest": "d", "kind": "conf"}]},
+        {"name": "x", "nouns": [{"size": 1e-7, "dest": "d", "kind": "conf"}, {"dest": "e", "kind": "num"}]},
+    ]
+    invalid = [
+        {"name": "x", "nouns": [{"size": 1.5e2, "dest": "d", "kind": "conf"}]},
+        {"name": "x", "nouns": [{**shuffled, "dest": "d", "kind": "num"}]},
+        {"nouns": [], "extra\x7f": 1},
+    ]
+    _holds_exactly(prog, schema, valid, invalid)
+
+
 def test_programs_with_a_span_pickle(byte_tok):
     """The server's compile workers send programs back pickled (the tokenizer by reference): a
     span's grammar pickles without its llguidance matcher, which cannot be pickled, and builds
@@ -572,3 +624,62 @@ def test_boolean_sub_schemas_in_every_combinator(schema, byte_tok) -> None:  # t
         valid = jsonschema.Draft202012Validator(schema).is_valid(instance)
         _, accepted = json_accepts(program, "r", instance)
         assert accepted == valid, (schema, instance, valid)
+
+
+# a drawn instance (benchmarks/jsonschema_fuzz.py, Github_hard---o21075's "successCriteria"): long
+# strings of Unicode spaces and control characters under a counted-repeat pattern
+_FUEL_ITEMS = [
+    "\u00d2\u2003\f\u00b8\u001e\u2002\u205f\u20293\u010b@\r\u001c\u00aa\U000a3ed2\u00cb\u0086\u00c1\u010b",
+    "\u00ad\u00bf\u0006\u00c7\u202f\u2006\u200aG\U000be2fd\u0100\U000c2a4f",
+    "\u00b0\u0100\u008a\u00ef\U00093004\u2005\u2001\u2007S\r\u001e\u2029\u2003k\U00077110\U0002df74\u00a5\u00b7"
+    "\u00b2\U0001f3fb\u00de\u023e\u57a51A\U0005b639M\u00ed\u00d7D\u0088A\u00b9\u000b\t\u00e5\n>\u00d3\u2005-)i"
+    "\u023a\u2000\u2001\u2004\u2002\t\u000b\u205f\u2000\u2005\u001c\u205f\u2003\u2000\u2006\f\u0085\u2003\u2001"
+    "\u2001\u001e\u0085\u001e\U00019295\f\u202f\u2029\u001c\u202f\u2007\u001e\u2029\f \u001c\u000b\u202f\rv\u00c6"
+    "\u00d0\u008c\u008f\u202f\u1680\t\u202f\u2002\u200a\r\u008fM\u00c8\u008d\u2006\u001d \u2009\u00a0\u001c\u001d"
+    "\n  \u0085G\uaf928\u00f0\u0013\u2001\u001f\u2009\u200a\r\U000138a5\U000b7e69\u008f\u00d3\u00ad\U000e9ff57"
+    "\U0007c697",
+]
+_FUEL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "successCriteria": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 300, "pattern": "^(?:\\S+\\s+){0,29}\\S+$"},
+            "minItems": 1,
+            "maxItems": 20,
+        }
+    },
+    "required": ["successCriteria"],
+}
+
+
+def test_a_matcher_that_ran_the_lexer_out_of_fuel_does_not_break_the_next(qwen_tok, monkeypatch):
+    """llguidance's matcher copies share one lexer: a copy that runs it out of fuel (its default
+    1M, on a long string under a counted-repeat pattern) leaves every copy refusing every token,
+    with no error. ``CompiledGrammar.matcher`` notices (the witness's first token is refused) and
+    rebuilds; and the fuel given here (``ll_limits``) takes the instance."""
+    import llguidance
+
+    from dlmprompt.constraints import grammar as grammar_mod
+    from dlmprompt.constraints.jsonschema import span as span_mod
+
+    instance = {"successCriteria": _FUEL_ITEMS}
+    assert _validator(_FUEL_SCHEMA).is_valid(instance)
+    prog = compile(Prompt(slot("value", schema=_FUEL_SCHEMA, max_tokens=4096)), qwen_tok)
+    assert any("context-free span" in n for n in prog.notes)
+    assert json_accepts(prog, "value", instance) == (True, True)  # at our fuel
+
+    def default_fuel():
+        return llguidance.LLParserLimits(initial_lexer_fuel=1_000_000)
+
+    monkeypatch.setattr(grammar_mod, "ll_limits", default_fuel)
+    monkeypatch.setattr(span_mod, "ll_limits", default_fuel)
+    g = span_mod.compile_json_grammar(_FUEL_SCHEMA, qwen_tok)
+    old = g.prototype
+    ids = qwen_tok.encode(span_mod.span_text(instance))
+    assert g.matcher().try_consume_tokens(ids) < len(ids)  # out of fuel part way
+    if old.deep_copy().try_consume_tokens(list(g.witness)) == len(g.witness):
+        pytest.skip("this llguidance no longer leaves its copies broken when the lexer runs out of fuel")
+    fresh = g.matcher()
+    assert g.prototype is not old
+    assert fresh.try_consume_tokens(list(g.witness)) == len(g.witness) and fresh.is_accepting()

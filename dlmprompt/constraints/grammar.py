@@ -84,8 +84,16 @@ class CompiledGrammar:
 
     def matcher(self) -> Any:
         """A fresh matcher at the start of the grammar (a copy of one built once: building one
-        takes seconds for a large JSON Schema, copying it under a millisecond)."""
-        return self.prototype.deep_copy()
+        takes seconds for a large JSON Schema, copying it under a millisecond).
+
+        The copies share llguidance's lexer with the prototype, and a copy that runs the lexer out
+        of fuel leaves it refusing every token, in every copy, with no error reported. So each
+        copy is checked on the witness's first token, and the prototype rebuilt if it fails."""
+        m = self.prototype.deep_copy()
+        if self.witness and not _takes_first(m, self.witness[0]):
+            self.__dict__["prototype"] = _new_matcher(self.tokenizer, self.ll_grammar)
+            m = self.prototype.deep_copy()
+        return m
 
     @cached_property
     def prototype(self) -> Any:
@@ -108,9 +116,24 @@ class CompiledGrammar:
         self.__dict__.update(state)
 
 
+def _takes_first(m: Any, token: int) -> bool:
+    """Whether a fresh matcher ``m`` takes ``token`` (left as it was)."""
+    if m.try_consume_tokens([token]) != 1:
+        return False
+    m.rollback(1)
+    return True
+
+
+def ll_limits() -> Any:
+    """llguidance's parser limits for every matcher built here: its default lexer fuel (1M) runs
+    out on long strings under patterns with counted repeats (``(?:\\S+\\s+){0,99}``), after
+    which the lexer, shared by every copy of the matcher, refuses every token."""
+    return load_llguidance().LLParserLimits(initial_lexer_fuel=20_000_000)
+
+
 def _new_matcher(tok: Tokenizer, ll_grammar: str) -> Any:
     ll = load_llguidance()
-    m = ll.LLMatcher(ll_tokenizer(tok), ll_grammar, log_level=0)
+    m = ll.LLMatcher(ll_tokenizer(tok), ll_grammar, log_level=0, limits=ll_limits())
     if m.is_error():  # pragma: no cover - validated at compile time
         raise CompileError(f"grammar: {m.get_error()}")
     return m
@@ -290,7 +313,7 @@ def _witness(parser: Any, spec: str, tok: Tokenizer, slot: str | None) -> list[i
     ll = load_llguidance()
     for sep in ("", " ", "\n"):
         ids = tok.encode(sep.join(pieces))
-        m = ll.LLMatcher(ll_tokenizer(tok), spec, log_level=0)
+        m = ll.LLMatcher(ll_tokenizer(tok), spec, log_level=0, limits=ll_limits())
         if m.validate_tokens(ids) == len(ids) and m.consume_tokens(ids) and m.is_accepting():
             return ids
     raise CompileError(

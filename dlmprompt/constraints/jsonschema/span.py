@@ -10,11 +10,13 @@ is a small instance built from the schema and checked by the matcher.
 from __future__ import annotations
 
 import copy
+import decimal
 import json
+import math
 import re
 from typing import Any
 
-from dlmprompt.constraints.grammar import CompiledGrammar, ll_tokenizer, load_llguidance, min_string
+from dlmprompt.constraints.grammar import CompiledGrammar, ll_limits, ll_tokenizer, load_llguidance, min_string
 from dlmprompt.constraints.jsonschema import STANDARD_FORMATS
 from dlmprompt.tokenizer import Tokenizer
 
@@ -32,6 +34,26 @@ _FORMATS = {
     "uri-reference": "a",
     "duration": "P1D",
 }
+
+
+def span_text(value: Any, compact: bool = True, plain_numbers: bool = False) -> str:
+    """``value`` as the span writes it: JSON, non-ASCII characters as they are, but DEL (U+007F)
+    escaped: llguidance's JSON strings leave raw DEL out, so the span spells it ``\\u007f``
+    (the same value; the raw byte appears only inside strings, so replacing it is safe).
+    ``plain_numbers``: floats without an exponent (``1e-07`` as ``0.0000001``), the only
+    spelling llguidance takes for a number with bounds."""
+    if plain_numbers and compact:
+        return _plain(value)
+    text = json.dumps(value, separators=(",", ":") if compact else None, ensure_ascii=False)
+    return text.replace("\x7f", "\\u007f")
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(span_text(k) + ":" + _plain(v) for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_plain(v) for v in value) + "]"
+    return _spellings(value)[-1] if isinstance(value, float) and math.isfinite(value) else span_text(value)
 
 
 _UNKNOWN_FORMAT = re.compile(r"Unknown format: (.*)")
@@ -252,7 +274,7 @@ def compile_json_grammar(schema: Any, tok: Tokenizer, *, max_witness: int = 4096
     for _ in range(16):
         try:
             spec = ll.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults={"whitespace_flexible": False})
-            matcher = ll.LLMatcher(lltok, spec, log_level=0)
+            matcher = ll.LLMatcher(lltok, spec, log_level=0, limits=ll_limits())
             error = matcher.get_error() if matcher.is_error() else ""
         except Exception as exc:  # llguidance raises on some schemas instead of reporting
             error = str(exc) or type(exc).__name__
@@ -265,7 +287,7 @@ def compile_json_grammar(schema: Any, tok: Tokenizer, *, max_witness: int = 4096
         return f"llguidance: {error.splitlines()[0]}"
     seen: set[str] = set()
     for inst in _candidates(schema, schema):
-        text = json.dumps(inst, separators=(",", ":"), ensure_ascii=False)
+        text = span_text(inst)
         if text in seen:
             continue
         seen.add(text)
@@ -290,14 +312,18 @@ SEARCH_BUDGET = 5_000  # matcher calls one key-order search may make
 
 def _spellings(value: Any) -> list[str]:
     """The JSON texts of a scalar: a whole number also as ``2`` and ``2.0`` (the same value)."""
-    text = json.dumps(value, ensure_ascii=False)
+    text = span_text(value, compact=False)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return [text]
+    out = [text]
+    if isinstance(value, float) and "e" in text:  # llguidance's bounded numbers take no exponent
+        plain = format(decimal.Decimal(text), "f")
+        out.append(plain if "." in plain else plain + ".0")
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return [text, str(int(value))]
+        out.append(str(int(value)))
     if isinstance(value, int):
         return [text, f"{value}.0"]
-    return [text]
+    return out
 
 
 def accepts_value(compiled: CompiledGrammar, instance: Any, budget: int = SEARCH_BUDGET) -> bool | None:
@@ -357,7 +383,7 @@ def accepts_value(compiled: CompiledGrammar, instance: Any, budget: int = SEARCH
                 m.rollback(n)
             return
         for key in left:
-            n = feed(("" if first else ",") + json.dumps(key, ensure_ascii=False) + ":")
+            n = feed(("" if first else ",") + span_text(key) + ":")
             if n is None:
                 continue
             rest = [k for k in left if k != key]
@@ -415,23 +441,38 @@ def _resolve(schema: Any, root: Any) -> Any:
     return schema
 
 
-def _orders(instance: Any, schema: Any, root: Any, depth: int) -> list[Any]:
+def _fit(instance: dict[str, Any], branch: dict[str, Any]) -> int:
+    """How well a branch's properties name ``instance``: keys it names, less required keys missing."""
+    props = branch.get("properties", {}) or {}
+    required = branch.get("required", []) or []
+    return sum(k in props for k in instance) - sum(isinstance(k, str) and k not in instance for k in required)
+
+
+def _branches(schema: Any, root: Any, instance: Any, depth: int) -> list[dict[str, Any]]:
+    """``schema`` as a few plain branches (no anyOf / oneOf / allOf left: each merges the
+    properties of the members it takes), those that best name ``instance``'s keys first."""
     schema = _resolve(schema, root)
-    if depth > 24 or not isinstance(schema, dict):
+    if not isinstance(schema, dict):
+        return [{}]
+    out = [{k: v for k, v in schema.items() if k not in ("anyOf", "oneOf", "allOf")}]
+    if depth < 8:
+        for sub in schema.get("allOf") or [] if isinstance(schema.get("allOf"), list) else []:
+            subs = _branches(sub, root, instance, depth + 1)
+            out = [_merge(a, b) for a in out for b in subs[:2]][:8]
+        for key in ("anyOf", "oneOf"):
+            if isinstance(schema.get(key), list) and schema[key]:
+                alts = [b for sub in schema[key] for b in _branches(sub, root, instance, depth + 1)]
+                out = [_merge(a, b) for a in out for b in alts][:8]
+    out = [b for b in out if isinstance(b, dict)] or [{}]
+    if isinstance(instance, dict) and len(out) > 1:
+        out.sort(key=lambda b: -_fit(instance, b))
+    return out
+
+
+def _orders(instance: Any, schema: Any, root: Any, depth: int) -> list[Any]:
+    if depth > 24:
         return [instance]
-    branches = [schema]
-    for key in ("anyOf", "oneOf"):
-        if isinstance(schema.get(key), list):
-            base = {k: v for k, v in schema.items() if k != key}
-            branches = [{**base, **_resolve(b, root)} for b in schema[key] if isinstance(b, dict)] or [schema]
-    if isinstance(schema.get("allOf"), list):
-        props: dict[str, Any] = {}
-        for b in schema["allOf"]:
-            sub = _resolve(b, root)
-            if isinstance(sub, dict):  # a boolean sub-schema names no properties
-                props.update(sub.get("properties", {}) or {})
-        props.update(schema.get("properties", {}) or {})
-        branches = [{**schema, "properties": props}]
+    branches = _branches(schema, root, instance, 0)
     out: list[Any] = []
     for b in branches[:4]:
         if isinstance(instance, dict):
