@@ -39,12 +39,22 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from jsonschemabench import WARMUP, _alarm, _Timeout, load_files, source_of, validator
+from jsonschemabench import WARMUP, load_files, source_of, validator
 
 from dlmprompt import Prompt, compile, slot
 from dlmprompt.compiler import json_accepts
 from dlmprompt.errors import CompileError
 from dlmprompt.tokenizer import qwen25_tokenizer
+
+
+class _Timeout(BaseException):
+    """Past ``--timeout``: a BaseException, since hypothesis-jsonschema catches Exception while it
+    merges sub-schemas (an Exception raised there is swallowed and the draw goes on)."""
+
+
+def _alarm(*_: Any) -> None:
+    raise _Timeout()
+
 
 COUNTS = (
     "schemas",
@@ -114,6 +124,52 @@ def draw_valid(schema: Any, n: int, seed: int) -> list[Any]:
 
     collect()
     return found
+
+
+class _CannotDraw(Exception):
+    pass
+
+
+def _draw_quietly(schema: Any, n: int, seed: int) -> tuple[str, Any]:
+    """In the worker: ("ok", instances) or ("error", the exception's type name). Hypothesis
+    sometimes calls the draws of hypothesis-jsonschema 0.23 inconsistent (FlakyStrategyDefinition):
+    fewer examples, down to one, usually get past it."""
+    error = ""
+    while n >= 1:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return "ok", draw_valid(schema, n, seed)
+        except Exception as exc:
+            error = type(exc).__name__
+            if error != "FlakyStrategyDefinition":
+                break
+            n //= 2
+    return "error", error
+
+
+class _Drawer:
+    """Draws in a worker process, killed and replaced past the timeout: hypothesis-jsonschema
+    can spin for minutes on some schemas inside code that catches whatever an alarm raises."""
+
+    def __init__(self) -> None:
+        self.pool: Any = None
+
+    def draw(self, schema: Any, n: int, seed: int, timeout: float) -> list[Any]:
+        import multiprocessing
+
+        if self.pool is None:
+            self.pool = multiprocessing.get_context("fork").Pool(1)
+        job = self.pool.apply_async(_draw_quietly, (schema, n, seed))
+        try:
+            status, value = job.get(timeout)
+        except multiprocessing.TimeoutError:
+            self.pool.terminate()
+            self.pool = None
+            raise _Timeout() from None
+        if status != "ok":
+            raise _CannotDraw(value)
+        return value
 
 
 def _leaves(value: Any, path: tuple = ()) -> list[tuple]:
@@ -187,6 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     skipped: collections.Counter = collections.Counter()
     misses: list[dict[str, Any]] = []
     signal.signal(signal.SIGALRM, _alarm)
+    drawer = _Drawer()
     for warm in WARMUP:
         compile(Prompt(slot("value", schema=warm, max_tokens=args.value_tokens)), tok)
     per_file = open(args.per_file, "w") if args.per_file else None
@@ -224,19 +281,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception:  # a pattern a reference cannot read (\p{L} for Python's re): no reference
             skipped["no reference validator"] += 1
             continue
-        signal.alarm(args.timeout * 3)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                drawn = draw_valid(schema, args.valid, args.seed)
+            drawn = drawer.draw(schema, args.valid, args.seed, timeout=args.timeout * 3)
         except _Timeout:
             skipped["drawing timed out"] += 1
             continue
-        except Exception as exc:  # hypothesis-jsonschema cannot draw from it (unsupported, unsatisfiable)
-            skipped[f"hypothesis-jsonschema: {type(exc).__name__}"] += 1
+        except _CannotDraw as exc:  # hypothesis-jsonschema cannot draw from it (unsupported, unsatisfiable)
+            skipped[f"hypothesis-jsonschema: {exc}"] += 1
             continue
-        finally:
-            signal.alarm(0)
         valid = [v for v in drawn if _is_valid(check, v)]
         ours["references_disagree"] += sum(_is_valid(check, v) is None for v in drawn)
         if not valid:
