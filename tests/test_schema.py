@@ -468,6 +468,23 @@ def test_the_span_acceptance_check_takes_the_spellings_the_span_writes(byte_tok)
     _holds_exactly(prog, schema, valid, invalid)
 
 
+def test_the_template_acceptance_check_writes_exponents_as_plain_decimals(byte_tok):
+    """A template's bounded numbers take no exponent, and Python writes floats from 1e16 up (and
+    below 1e-4) with one: the check also tries the plain decimal (found by
+    ``benchmarks/jsonschema_fuzz.py``). Values out of bounds stay refused."""
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "number", "minimum": 1}, "b": {"type": "number", "maximum": 1}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    prog = compile(Prompt(slot("value", schema=schema)), byte_tok)
+    assert not any("context-free span" in n for n in prog.notes)
+    valid = [{"a": 2e16}, {"a": 3.5e20, "b": 1e-7}, {"a": 1.5, "b": -2.5e-300}]
+    invalid = [{"a": 1e-7}, {"a": 2.0, "b": 2e16}]
+    _holds_exactly(prog, schema, valid, invalid)
+
+
 def test_programs_with_a_span_pickle(byte_tok):
     """The server's compile workers send programs back pickled (the tokenizer by reference): a
     span's grammar pickles without its llguidance matcher, which cannot be pickled, and builds
@@ -683,3 +700,23 @@ def test_a_matcher_that_ran_the_lexer_out_of_fuel_does_not_break_the_next(qwen_t
     fresh = g.matcher()
     assert g.prototype is not old
     assert fresh.try_consume_tokens(list(g.witness)) == len(g.witness) and fresh.is_accepting()
+
+
+def test_the_drawn_instance_benchmark_runs_and_accepts_no_invalid_instance(tmp_path):
+    """``benchmarks/jsonschema_fuzz.py`` on a few shared schemas: instances drawn by
+    hypothesis-jsonschema and near misses, judged by two reference validators; no near miss the
+    references call invalid is accepted, and the valid ones are (all of them on this sample)."""
+    import sys
+
+    if not os.path.isdir(BENCH):
+        pytest.skip("../shared/data/jsonschemabench is not here")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import jsonschema_fuzz
+
+    out_path = tmp_path / "fuzz.json"
+    args = ["--data", BENCH, "--limit", "10", "--valid", "3", "--invalid", "6", "--json", str(out_path)]
+    assert jsonschema_fuzz.main(args) == 0
+    out = json.loads(out_path.read_text())
+    assert out["drawn"] >= 5 and out["valid_tests"] >= 10 and out["invalid_tests"] >= 10, out
+    assert out["invalid_accepted"] == 0, out["misses"]
+    assert out["valid_accepted"] == out["valid_tests"], out["misses"]
