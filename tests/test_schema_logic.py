@@ -339,3 +339,47 @@ def test_finite_conjunctions_fold_into_one_enum_exactly() -> None:
     tok = Tokenizer.bytes_level([])
     prog = compile(Prompt("n = ") + slot("n", schema=big, max_tokens=24), tok)
     assert generate(RandomDenoiser(tok, seed=0), prog).value("n") == 9007199254740991
+
+
+_UNTYPED_ONE_OF = {
+    "type": "array",
+    "items": {
+        "oneOf": [
+            {"properties": {"kind": {"enum": ["stage"]}, "title": {"type": "string"}}, "required": ["kind"]},
+            {
+                "properties": {"kind": {"enum": ["teaser"]}, "n": {"type": "integer"}},
+                "required": ["kind"],
+                "additionalProperties": False,
+            },
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("tok_name", ["byte_tok", "qwen_tok"])
+def test_a_oneof_of_branches_with_no_type_rejects_what_every_branch_takes(tok_name, request):
+    """Two object-like branches with no ``type``, told apart by a const: a number is valid in
+    both, so "exactly one" refuses it (found by ``benchmarks/jsonschema_fuzz.py``: the span took
+    the oneOf as disjoint and accepted ``[-1]``). The objects of one branch are still taken, on
+    the template (small vocabulary) and on the span (Qwen2.5, where the template is too slow)."""
+    tok = request.getfixturevalue(tok_name)
+    prog = compile(Prompt(slot("value", schema=_UNTYPED_ONE_OF, max_tokens=256)), tok)
+    valid = [[{"kind": "stage", "title": "a", "x": 1}], [{"kind": "teaser", "n": 2}], []]
+    invalid = [[-1], ["x"], [None], [[]], [{}], [{"kind": "teaser", "x": 1}], [{"kind": "other"}]]
+    for inst in valid:
+        assert _valid(_UNTYPED_ONE_OF, inst), inst
+        assert json_accepts(prog, "value", inst)[1], inst
+    for inst in invalid:
+        assert not _valid(_UNTYPED_ONE_OF, inst), inst
+        assert not json_accepts(prog, "value", inst)[1], inst
+
+
+def test_disjoint_oneof_branches_with_no_type_are_not_disjoint_for_other_types() -> None:
+    """``normalize.disjoint`` told objects apart and said nothing of the other values."""
+    from dlmprompt.constraints.jsonschema.normalize import Context, disjoint
+
+    branches = _UNTYPED_ONE_OF["items"]["oneOf"]
+    ctx = Context(_UNTYPED_ONE_OF, None, False, None)
+    assert not disjoint(ctx, branches, "")
+    assert disjoint(ctx, branches, "", as_written=True)
+    assert disjoint(ctx, [{**b, "type": "object"} for b in branches], "")

@@ -32,6 +32,7 @@ from dlmprompt.constraints.jsonschema.normalize import (
     NOT_INTEGER,
     Context,
     disjoint,
+    hinted_type,
     json_equal,
     json_type,
     resolve,
@@ -52,12 +53,13 @@ _MAX_PATTERN = 20_000  # characters of the pattern of the strings a negation kee
 _MAX_WORK = 4000  # negations one rewrite may compute (nested exactly-one oneOf grows fast)
 
 
-def positive(schema: Any, *, lenient: bool = False) -> Any:
+def positive(schema: Any, *, lenient: bool = False, as_written: bool = False) -> Any:
     """``schema`` without the logic keywords (same valid instances); refuses, with the keyword and
     its path, a negation no positive schema expresses. ``lenient``: an overlapping ``oneOf``
     whose "exactly one" has no positive form is left as it is (the compiler then reads it as
-    ``anyOf`` and says so)."""
-    return _Rewriter(schema, lenient).rewrite(schema, "")
+    ``anyOf`` and says so). ``as_written``: ``oneOf`` branches are judged disjoint on the values
+    the template writes (a branch with no ``type`` only as its hinted type, noted there)."""
+    return _Rewriter(schema, lenient, as_written).rewrite(schema, "")
 
 
 def negate_of(schema: Any, root: Any = None) -> Any:
@@ -67,8 +69,9 @@ def negate_of(schema: Any, root: Any = None) -> Any:
 
 
 class _Rewriter:
-    def __init__(self, root: Any, lenient: bool = False) -> None:
+    def __init__(self, root: Any, lenient: bool = False, as_written: bool = False) -> None:
         self.lenient = lenient
+        self.as_written = as_written
         self.ctx = Context(root, None, False, None)
         schema_uri = str(root.get("$schema", "")) if isinstance(root, dict) else ""
         self.draft4 = bool(re.search(r"draft-0[34]", schema_uri))
@@ -146,8 +149,11 @@ class _Rewriter:
         return out
 
     def _exactly_one(self, branches: list[Any], path: str) -> list[Any]:
-        if len(branches) == 1 or disjoint(self.ctx, branches, path):
+        if len(branches) == 1 or disjoint(self.ctx, branches, path, as_written=self.as_written):
             return list(branches)
+        typed = self._typed(branches, path)
+        if typed is not None and disjoint(self.ctx, typed, path):
+            return typed
         if len(branches) > _MAX_ONE_OF:
             raise SchemaError(
                 f"oneOf with {len(branches)} branches that may overlap is not supported (at most {_MAX_ONE_OF}); "
@@ -156,6 +162,25 @@ class _Rewriter:
             )
         negs = [self.negate(b, f"{path}/{i}") for i, b in enumerate(branches)]
         return [{"allOf": [b, *[n for j, n in enumerate(negs) if j != i]]} for i, b in enumerate(branches)]
+
+    def _typed(self, branches: list[Any], path: str) -> list[Any] | None:
+        """Two or more branches with no ``type`` that all name keywords of one type only (say
+        ``properties``): a value of another type is valid in every branch, so "exactly one"
+        refuses it, and the oneOf is the same with that type written into each branch."""
+        resolved = []
+        for b in branches:
+            try:
+                rb, _ = resolve(self.ctx, b, path)
+            except SchemaError:
+                return None
+            if not isinstance(rb, dict):
+                return None
+            resolved.append(rb)
+        hints = {hinted_type(rb) for rb in resolved}
+        if len(hints) != 1 or None in hints:
+            return None
+        hint = hints.pop()
+        return [{**rb, "type": hint} for rb in resolved]
 
     # ------------------------------------------------------------------ negation
 

@@ -238,15 +238,35 @@ def schema_walker(fn: Callable[[Context, Any, str, int], Any]) -> Callable[[Cont
     return walk
 
 
-def disjoint(ctx: Context, branches: list[Any], path: str) -> bool:
+HINTS = {
+    "string": ("minLength", "maxLength", "pattern", "format"),
+    "number": ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
+    "object": ("properties", "required", "additionalProperties", "minProperties", "maxProperties"),
+    "array": ("items", "prefixItems", "minItems", "maxItems", "additionalItems", "uniqueItems"),
+}
+
+
+def hinted_type(schema: dict[str, Any]) -> str | None:
+    """The one type a schema with no ``type`` names keywords of (``{"properties": ...}``:
+    object), which the template writes it as (noted); None if none or several."""
+    if "type" in schema or "enum" in schema or "const" in schema:
+        return None
+    hinted = [ty for ty, keys in HINTS.items() if any(k in schema for k in keys)]
+    return hinted[0] if len(hinted) == 1 else None
+
+
+def disjoint(ctx: Context, branches: list[Any], path: str, *, as_written: bool = False) -> bool:
     """Whether no value can be valid in two branches: different types, or a required property
-    with different const / enum values in each."""
+    with different const / enum values in each. ``as_written``: of the values the template
+    writes, where a branch with no ``type`` takes only its :func:`hinted_type` (without it,
+    two such branches both take every number, and are never disjoint)."""
     resolved = []
     for b in branches:
         b, _ = resolve(ctx, b, path)
         if not isinstance(b, dict):
             return False
-        resolved.append(b)
+        hint = hinted_type(b) if as_written else None
+        resolved.append({**b, "type": hint} if hint else b)
     for i in range(len(resolved)):
         for j in range(i + 1, len(resolved)):
             a, b = resolved[i], resolved[j]
@@ -271,12 +291,13 @@ def _forbids(schema: dict[str, Any], key: str) -> bool:
 
 
 def _discriminated(ctx: Context, a: dict[str, Any], b: dict[str, Any], path: str) -> bool:
-    if types_of(a) & types_of(b) <= {"object"}:  # objects only: a key one requires and the other forbids
-        ra, rb = a.get("required") or [], b.get("required") or []
-        if any(isinstance(k, str) and _forbids(b, k) for k in ra) or any(
-            isinstance(k, str) and _forbids(a, k) for k in rb
-        ):
-            return True
+    """Whether no object is valid in both (what tells objects apart says nothing of other values:
+    two branches with no ``type`` both take every number, so they are never disjoint)."""
+    if not types_of(a) & types_of(b) <= {"object"}:
+        return False
+    ra, rb = a.get("required") or [], b.get("required") or []  # a key one requires and the other forbids
+    if any(isinstance(k, str) and _forbids(b, k) for k in ra) or any(isinstance(k, str) and _forbids(a, k) for k in rb):
+        return True
     pa, pb = a.get("properties") or {}, b.get("properties") or {}
     for key in set(pa) & set(pb) & set(a.get("required") or []) & set(b.get("required") or []):
         sa, _ = resolve(ctx, pa[key], path)

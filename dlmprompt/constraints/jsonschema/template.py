@@ -73,7 +73,7 @@ def compile_schema(
     ``additional_properties``: ``None`` follows the schema (extra properties allowed unless
     ``additionalProperties: false``), ``False`` never writes properties the schema does not name.
     """
-    schema = positive(as_schema(schema), lenient=lenient)
+    schema = positive(as_schema(schema), lenient=lenient, as_written=True)
     ctx = Context(schema, indent, lenient, additional_properties)
     ctx.stop_on_note = stop_on_note
     parts = _template(ctx, schema, "", 0)

@@ -21,6 +21,7 @@ from dlmprompt.constraints.jsonschema.normalize import (
     Context,
     Narrowed,
     disjoint,
+    hinted_type,
     dump,
     json_equal,
     json_type,
@@ -196,7 +197,7 @@ def value_regex(ctx: Context, schema: Any, path: str, depth: int) -> str | None:
         if "anyOf" in schema and "oneOf" in schema:
             raise ctx.refuse(path, "anyOf and oneOf together are not supported")
         base = {k: v for k, v in schema.items() if k != key}
-        if key == "oneOf" and not disjoint(ctx, branches, path):
+        if key == "oneOf" and not disjoint(ctx, branches, path, as_written=True):
             if not ctx.lenient:
                 raise ctx.refuse(
                     path,
@@ -223,16 +224,10 @@ def value_regex(ctx: Context, schema: Any, path: str, depth: int) -> str | None:
     t = schema.get("type")
     if t is None:
         types = ["object", "array", "string", "number", "boolean", "null"]
-        relevant = {
-            "string": ("minLength", "maxLength", "pattern", "format"),
-            "number": ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"),
-            "object": ("properties", "required", "additionalProperties", "minProperties", "maxProperties"),
-            "array": ("items", "prefixItems", "minItems", "maxItems", "additionalItems", "uniqueItems"),
-        }
-        hinted = [ty for ty, keys in relevant.items() if any(k in schema for k in keys)]
-        if hinted and len(hinted) == 1:
-            types = hinted  # e.g. {"properties": ...} without "type": other types would be valid too
-            ctx.note(path, f"no 'type': only {hinted[0]} values are written")
+        hint = hinted_type(schema)
+        if hint is not None:
+            types = [hint]  # e.g. {"properties": ...} without "type": other types would be valid too
+            ctx.note(path, f"no 'type': only {hint} values are written")
     elif isinstance(t, str):
         types = [t]
     elif isinstance(t, list) and t:
