@@ -113,10 +113,31 @@ def keywords_of(schema: Any) -> set[str]:
 
 
 def validator(schema: Any) -> Any:
+    """The reference: ``jsonschema`` with its format checker, and ``multipleOf`` checked in
+    decimal (JSON numbers are decimals: -78.32 is a multiple of 0.01, though -78.32 / 0.01 is
+    -7832.000000000001 in binary floats, where ``jsonschema`` says it is not)."""
     import jsonschema
 
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    cls = jsonschema.validators.extend(cls, {"multipleOf": _multiple_of})
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _multiple_of(validator: Any, divisor: Any, instance: Any, schema: Any) -> Any:
+    import decimal
+
+    import jsonschema
+
+    if not validator.is_type(instance, "number") or not isinstance(divisor, (int, float)) or divisor <= 0:
+        return
+    try:
+        with decimal.localcontext() as ctx:
+            ctx.prec = 2000  # exact for every float and integer a JSON text here holds
+            ok = decimal.Decimal(repr(instance)) % decimal.Decimal(repr(divisor)) == 0
+    except (decimal.InvalidOperation, ValueError):  # inf / nan
+        ok = False
+    if not ok:
+        yield jsonschema.ValidationError(f"{instance!r} is not a multiple of {divisor}")
 
 
 # a template and a context-free span: what every later compile shares is built by these two
