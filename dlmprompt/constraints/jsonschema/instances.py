@@ -4,12 +4,19 @@ accepted by the compiled constraint."""
 
 from __future__ import annotations
 
-import decimal
 import json
 import math
 from typing import Any
 
-from dlmprompt.constraints.jsonschema.normalize import ANNOTATIONS, Context, as_schema, dump, merge_all, resolve
+from dlmprompt.constraints.jsonschema.normalize import (
+    ANNOTATIONS,
+    Context,
+    as_schema,
+    dump,
+    merge_all,
+    plain_decimal,
+    resolve,
+)
 from dlmprompt.errors import SchemaError
 
 
@@ -74,6 +81,5 @@ def _texts(ctx: Context, value: Any, schema: Any, depth: int, limit: int) -> lis
     if isinstance(value, float) and "e" in text and math.isfinite(value):
         # bounded numbers are written without an exponent: the plain decimal first (2e+16 as
         # 20000000000000000.0, 1e-07 as 0.0000001), so the all-plain text is among the first tried
-        plain = format(decimal.Decimal(repr(value)), "f")
-        return [plain if "." in plain else plain + ".0", text]
+        return [plain_decimal(value), text]
     return [text]

@@ -4,6 +4,7 @@ resolution, keyword checks, ``allOf`` folding into one schema, and the disjointn
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import re
@@ -207,6 +208,14 @@ def dump(value: Any, indent: int | None = None, depth: int = 0) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         return json.dumps(value)
     return json.dumps(value, ensure_ascii=False)
+
+
+def plain_decimal(value: float) -> str:
+    """A finite float as a JSON number without an exponent (``2e+16`` as ``20000000000000000.0``,
+    ``1e-07`` as ``0.0000001``): the only spelling bounded numbers take, in the template and in
+    llguidance's grammar alike."""
+    plain = format(decimal.Decimal(repr(value)), "f")
+    return plain if "." in plain else plain + ".0"
 
 
 def schema_walker(fn: Callable[[Context, Any, str, int], Any]) -> Callable[[Context, Any, str, int], Any]:

@@ -10,7 +10,6 @@ is a small instance built from the schema and checked by the matcher.
 from __future__ import annotations
 
 import copy
-import decimal
 import json
 import math
 import re
@@ -18,6 +17,7 @@ from typing import Any
 
 from dlmprompt.constraints.grammar import CompiledGrammar, ll_limits, ll_tokenizer, load_llguidance, min_string
 from dlmprompt.constraints.jsonschema import STANDARD_FORMATS
+from dlmprompt.constraints.jsonschema.normalize import plain_decimal
 from dlmprompt.tokenizer import Tokenizer
 
 _FORMATS = {
@@ -317,8 +317,7 @@ def _spellings(value: Any) -> list[str]:
         return [text]
     out = [text]
     if isinstance(value, float) and "e" in text:  # llguidance's bounded numbers take no exponent
-        plain = format(decimal.Decimal(text), "f")
-        out.append(plain if "." in plain else plain + ".0")
+        out.append(plain_decimal(value))
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         out.append(str(int(value)))
     if isinstance(value, int):
